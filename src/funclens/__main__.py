@@ -1,0 +1,5 @@
+import sys
+
+from funclens.cli import main
+
+sys.exit(main())

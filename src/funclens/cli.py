@@ -1,0 +1,220 @@
+"""The ``funclens`` command.
+
+    funclens study [STUDY.toml] [--preset NAME] [--dataset D] [--arch A] [--epochs N] [--out DIR]
+    funclens report OUT
+    funclens compare A B [C ...] [--labels FILE]
+    funclens datasets
+    funclens verify OUT
+
+Exit 0 on success, 2 on bad input, 1 on an internal failure; errors are one line on stderr
+(the traceback too with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from funclens import paths
+from funclens.config import (PRESET_ARCHS, ConfigError, DataCfg, FunclensError, ModelCfg, StudyCfg,
+                             load_study_toml, preset_study, study_to_json, to_dict)
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, help="Is the compressed model still the same function as the original?")
+_DEBUG = False
+
+
+def _err(msg: str) -> None:
+    sys.stderr.write(f"funclens: error: {' '.join(str(msg).split())}\n")
+
+
+def _resolve_studies(toml: Optional[Path], preset: Optional[str], dataset: Optional[str], arch: Optional[str],
+                     epochs: Optional[int], train_subset: Optional[int], test_subset: Optional[int]
+                     ) -> tuple[str, list[StudyCfg]]:
+    """The studies one command runs: one per architecture of a multi-architecture preset."""
+    if toml is not None:
+        if preset:
+            raise ConfigError("give a study file or --preset, not both")
+        bases = [load_study_toml(toml)]
+        name = bases[0].name
+    else:
+        name = preset or "quick"
+        if name not in PRESET_ARCHS:
+            raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESET_ARCHS)}")
+        archs = (arch,) if arch else PRESET_ARCHS[name]
+        bases = [preset_study(name, a) for a in archs]
+    studies = []
+    for s in bases:
+        data = s.data
+        if dataset is not None:
+            data = DataCfg(dataset, data.train_subset, data.test_subset)
+        if train_subset is not None or test_subset is not None:
+            data = DataCfg(data.dataset, train_subset if train_subset is not None else data.train_subset,
+                           test_subset if test_subset is not None else data.test_subset)
+        model = ModelCfg(arch) if arch else s.model
+        train = s.train
+        if epochs is not None:
+            if epochs < 1:
+                raise ConfigError(f"--epochs must be >= 1, got {epochs}")
+            train = type(train)(**{**to_dict(train), "epochs": epochs})
+        studies.append(s.replace(data=data, model=model, train=train))
+    return name, studies
+
+
+@app.command()
+def study(
+    study_file: Optional[Path] = typer.Argument(None, help="study config (TOML); default: --preset"),
+    preset: Optional[str] = typer.Option(None, help=f"one of {', '.join(PRESET_ARCHS)} (default quick)"),
+    dataset: Optional[str] = typer.Option(None, help="override the data set"),
+    arch: Optional[str] = typer.Option(None, help="override the architecture"),
+    epochs: Optional[int] = typer.Option(None, help="override the number of epochs"),
+    train_subset: Optional[int] = typer.Option(None, help="use the first N training images"),
+    test_subset: Optional[int] = typer.Option(None, help="use the first N test images"),
+    out: Optional[Path] = typer.Option(None, help="output folder (default results/<preset>)"),
+    data_dir: Optional[Path] = typer.Option(None, help="canonical data files (default $FUNCLENS_DATA or ~/.cache/funclens)"),
+    device: str = typer.Option("auto", help="auto, cpu or cuda"),
+    executor: str = typer.Option("local", help="local or ray"),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start or join a local one)"),
+    jobs: int = typer.Option(0, help="runs at once (default: the number of cores), one thread each"),
+    channels_last: bool = typer.Option(False, help="channels-last memory layout (pays on CUDA for conv nets)"),
+    offline: bool = typer.Option(False, help="never download data"),
+    wait: bool = typer.Option(False, help="wait for another study holding --out instead of exiting"),
+    no_report: bool = typer.Option(False, help="train and compress only"),
+) -> None:
+    """Train, compress and compare the models of a study, then write its report."""
+    from funclens.execute import RunContext, resolve_device
+    from funclens.study import run_study
+
+    name, studies = _resolve_studies(study_file, preset, dataset, arch, epochs, train_subset, test_subset)
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"--executor must be local or ray, got {executor!r}")
+    if jobs < 0:
+        raise ConfigError("--jobs must be >= 0")
+    out = out or Path("results") / name
+    dev = resolve_device(device)
+    jobs = jobs or (os.cpu_count() or 1)
+    outs = [out] if len(studies) == 1 else [out / s.model.arch for s in studies]
+    for s, o in zip(studies, outs):
+        ctx = RunContext(out=str(o), data_dir=str(data_dir) if data_dir else None, offline=offline, device=dev,
+                         channels_last=channels_last)
+        run_study(s, ctx, jobs=jobs, executor=executor, ray_address=ray_address, wait=wait,
+                  report=not no_report)
+    if len(studies) > 1 and not no_report:
+        from funclens.report import build_combined_report
+
+        html = build_combined_report(out, outs)
+        typer.echo(f"combined report: {html}")
+
+
+@app.command()
+def report(out: Path = typer.Argument(..., help="a study's output folder")) -> None:
+    """Rebuild a study's report from its store alone."""
+    from funclens.report import build_report, build_combined_report
+
+    if paths.study_file(out).is_file():
+        html = build_report(out)
+    else:
+        subs = sorted(p.parent for p in Path(out).glob("*/study.json"))
+        if not subs:
+            raise FunclensError(f"{out} holds no study (no study.json)")
+        for s in subs:
+            build_report(s)
+        html = build_combined_report(out, subs)
+    typer.echo(f"report: {html}")
+
+
+@app.command()
+def compare(
+    items: List[Path] = typer.Argument(..., help="run folders, or .npy/.npz prediction files [N, C]"),
+    labels: Optional[Path] = typer.Option(None, help=".npy file of test labels [N], for accuracy"),
+    metric: str = typer.Option("disagreement", help="disagreement, js, kl or tv"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+) -> None:
+    """Distances and RFD between models: the first is the base, the rest are compared with it.
+
+    Independent models (for RFD's denominator) are passed with an ``indep:`` prefix, e.g.
+    ``funclens compare base.npy q8.npy indep:seed1.npy indep:seed2.npy``.
+    """
+    from funclens.report import compare_table
+
+    typer.echo(compare_table(items, labels=labels, metric=metric, as_json=as_json))
+
+
+@app.command()
+def datasets(data_dir: Optional[Path] = typer.Option(None, help="canonical data files folder")) -> None:
+    """List the known data sets, where their files are, and whether they are present."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from funclens.data import dataset_status
+
+    t = Table("dataset", "where", "state")
+    for row in dataset_status(data_dir):
+        t.add_row(*row)
+    Console().print(t)
+
+
+@app.command()
+def verify(out: Path = typer.Argument(..., help="a study's output folder")) -> None:
+    """Check every DONE run's files against the checksums its DONE recorded."""
+    from funclens.store import Store
+
+    stores = [out] if paths.runs_dir(out).is_dir() else sorted(p.parent.parent for p in Path(out).glob("*/runs/"))
+    if not stores:
+        raise FunclensError(f"{out} holds no runs")
+    problems, checked = [], 0
+    for s in stores:
+        st = Store(s)
+        for rid in st.list_runs():
+            if st.is_done(rid):
+                checked += 1
+                problems += st.verify_run(rid)
+    for p in problems:
+        typer.echo(p, err=True)
+    if problems:
+        raise FunclensError(f"{len(problems)} problem(s) in {checked} finished runs under {out}")
+    typer.echo(f"ok: {checked} finished runs verified under {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: maps errors to exit codes and one-line messages."""
+    global _DEBUG
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in args:
+        _DEBUG = True
+        args.remove("--debug")
+        os.environ["FUNCLENS_DEBUG"] = "1"  # worker processes report tracebacks too
+    cmd = typer.main.get_command(app)
+    try:
+        rc = cmd.main(args=args, prog_name="funclens", standalone_mode=False)
+        return rc if isinstance(rc, int) else 0
+    except KeyboardInterrupt:
+        _err("interrupted; finished epochs and runs are kept, run the same command again to resume")
+        return 130
+    except (typer.Exit, typer.Abort) as e:
+        return getattr(e, "exit_code", 1)
+    except Exception as e:
+        # typer vendors click: its usage errors (unknown option, bad value) carry format_message()
+        if hasattr(e, "format_message") and hasattr(e, "exit_code") and not isinstance(e, FunclensError):
+            if type(e).__name__ == "Abort":
+                _err("aborted")
+                return 130
+            _err(e.format_message())
+            return 2
+        if _DEBUG:
+            traceback.print_exc()
+        if isinstance(e, FunclensError):
+            _err(str(e))
+            return 2
+        _err(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

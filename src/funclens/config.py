@@ -1,0 +1,345 @@
+"""Typed, frozen configuration: the only place that validates and hashes configs.
+
+Every run is described by a :class:`RunSpec`, a tree of frozen dataclasses. Its id is
+``kind_`` + the first 12 hex characters of the sha256 of its canonical JSON, where only
+fields that differ from their defaults enter the JSON: adding a field with a default later
+never renames existing runs.
+
+Example:
+    >>> spec = RunSpec(kind="train", data=DataCfg("digits"), model=ModelCfg("lenet"),
+    ...                train=TrainCfg(epochs=2))
+    >>> spec.run_id.startswith("train_")
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+
+class FunclensError(Exception):
+    """Bad input: the CLI prints it as one line and exits 2."""
+
+
+class ConfigError(FunclensError):
+    """A config value is missing, of the wrong type or out of range."""
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100")
+QUANT_SCHEMES = ("16-bit", "bf16", "8-bit", "4-bit", "dynamic-int8")
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class DataCfg:
+    dataset: str = field(default="digits", metadata={"help": "data set name: " + ", ".join(DATASETS)})
+    train_subset: int = field(default=0, metadata={"help": "use only the first N training images (0: all)"})
+    test_subset: int = field(default=0, metadata={"help": "use only the first N test images (0: all)"})
+
+    def __post_init__(self) -> None:
+        _check(self.dataset in DATASETS, f"unknown dataset {self.dataset!r}; known: {', '.join(DATASETS)}")
+        _check(self.train_subset >= 0 and self.test_subset >= 0, "subsets must be >= 0")
+
+
+@dataclass(frozen=True)
+class ModelCfg:
+    arch: str = field(default="lenet", metadata={"help": "registered model name (funclens.models.list_models())"})
+
+    def __post_init__(self) -> None:
+        from funclens.models import list_models  # late: models import torch
+
+        _check(self.arch in list_models(), f"unknown arch {self.arch!r}; known: {', '.join(list_models())}")
+
+
+@dataclass(frozen=True)
+class TrainCfg:
+    epochs: int = field(default=25, metadata={"help": "epochs; test predictions are saved after each"})
+    batch_size: int = field(default=64, metadata={"help": "training images per step"})
+    optimizer: str = field(default="sgd", metadata={"help": "sgd (with momentum) or adam"})
+    lr: float = field(default=0.01, metadata={"help": "learning rate per step (not scaled with batch size)"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
+    weight_decay: float = field(default=0.0, metadata={"help": "L2 penalty"})
+    seed: int = field(default=0, metadata={"help": "seeds initial weights (unless distilled from base-init) and data order"})
+    precision: str = field(default="fp32", metadata={"help": "fp32, or bf16 autocast (CUDA only; changes the function)"})
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be an integer >= 1, got {self.epochs}")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        _check(self.weight_decay >= 0, "weight_decay must be >= 0")
+        _check(self.seed >= 0, "seed must be >= 0")
+        _check(self.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got {self.precision!r}")
+
+
+@dataclass(frozen=True)
+class DistillCfg:
+    """Knowledge distillation from a finished training run (the teacher)."""
+
+    teacher: str = field(metadata={"help": "run id of the teacher"})
+    alpha: float = field(default=0.5, metadata={"help": "weight of the KD term; 1 - alpha weighs cross-entropy"})
+    temperature: float = field(default=3.0, metadata={"help": "softmax temperature T of the KD term"})
+    init: str = field(default="base-init", metadata={"help": "base-init: a run's initial weights; fresh: the student's seed"})
+    init_run: str = field(default="", metadata={"help": "base-init: the run whose initial weights (default: the teacher)"})
+
+    def __post_init__(self) -> None:
+        _check(self.teacher.startswith("train_"), f"teacher must be a training run id, got {self.teacher!r}")
+        _check(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}")
+        _check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        _check(self.init in ("base-init", "fresh"), f"init must be base-init or fresh, got {self.init!r}")
+        _check(self.init_run == "" or (self.init == "base-init" and self.init_run.startswith("train_")),
+               "init_run names a training run, and only with init = base-init")
+
+    @property
+    def init_source(self) -> str | None:
+        """The run whose initial weights the student starts from (None: fresh from its seed)."""
+        return (self.init_run or self.teacher) if self.init == "base-init" else None
+
+
+@dataclass(frozen=True)
+class QuantCfg:
+    scheme: str = field(default="8-bit", metadata={"help": "one of " + ", ".join(QUANT_SCHEMES)})
+    group_size: int = field(default=0, metadata={"help": "4-bit only: weights per scale along the input (0: per channel)"})
+
+    def __post_init__(self) -> None:
+        _check(self.scheme in QUANT_SCHEMES, f"unknown quantization {self.scheme!r}; known: {', '.join(QUANT_SCHEMES)}")
+        _check(self.group_size >= 0, "group_size must be >= 0")
+        _check(self.group_size == 0 or self.scheme == "4-bit", "group_size applies to 4-bit only")
+
+
+@dataclass(frozen=True)
+class PruneCfg:
+    amount: float = field(default=0.5, metadata={"help": "fraction of weights set to zero, in (0, 1)"})
+    scope: str = field(default="layer", metadata={"help": "layer: that fraction of every layer; global: one threshold"})
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.amount < 1.0, f"pruning amount must be in (0, 1), got {self.amount}")
+        _check(self.scope in ("layer", "global"), f"pruning scope must be layer or global, got {self.scope!r}")
+
+
+CompressCfg = Union[QuantCfg, PruneCfg]
+RUN_KINDS = ("train", "quant", "prune")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run. ``train`` runs have ``train`` (and ``distill`` for students); post-hoc runs have
+    ``parent`` (the run they compress) and ``compress``."""
+
+    kind: str
+    data: DataCfg
+    model: ModelCfg
+    train: TrainCfg | None = None
+    distill: DistillCfg | None = None
+    parent: str | None = None
+    compress: QuantCfg | PruneCfg | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.kind in RUN_KINDS, f"run kind must be one of {RUN_KINDS}")
+        if self.kind == "train":
+            _check(self.train is not None and self.compress is None and self.parent is None,
+                   "a training run has a train config and no parent or compression")
+        else:
+            want = QuantCfg if self.kind == "quant" else PruneCfg
+            _check(isinstance(self.compress, want) and self.parent is not None and self.train is None
+                   and self.distill is None, f"a {self.kind} run has a parent and a {want.__name__}")
+
+    @property
+    def run_id(self) -> str:
+        return run_id(self)
+
+    @property
+    def parents(self) -> tuple[str, ...]:
+        """Runs that must be DONE before this one starts."""
+        if self.parent:
+            return (self.parent,)
+        if self.distill is None:
+            return ()
+        return tuple(dict.fromkeys(r for r in (self.distill.teacher, self.distill.init_source) if r))
+
+
+# ---------------------------------------------------------------- canonical JSON and ids
+
+def to_dict(obj: Any, *, nondefault: bool = False) -> Any:
+    """Dataclass tree -> plain JSON types. With ``nondefault``, fields equal to their default are left out."""
+    if dataclasses.is_dataclass(obj):
+        out: dict[str, Any] = {}
+        if isinstance(obj, (QuantCfg, PruneCfg)):
+            out["type"] = type(obj).__name__  # the union needs a tag to round-trip
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if nondefault and f.default is not dataclasses.MISSING and v == f.default:
+                continue
+            out[f.name] = to_dict(v, nondefault=nondefault)
+        return out
+    if isinstance(obj, (tuple, list)):
+        return [to_dict(v, nondefault=nondefault) for v in obj]
+    return obj
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(to_dict(obj, nondefault=True), sort_keys=True, separators=(",", ":"))
+
+
+def run_id(spec: RunSpec) -> str:
+    return f"{spec.kind}_{hashlib.sha256(canonical_json(spec).encode()).hexdigest()[:12]}"
+
+
+def _hint_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def from_dict(cls: type, data: Any) -> Any:
+    """Plain JSON types -> dataclass tree of type ``cls``, validating every field."""
+    origin = typing.get_origin(cls)
+    is_union = origin is Union or origin is types.UnionType
+    if is_union and QuantCfg in typing.get_args(cls):
+        if data is None:
+            return None
+        tag = data.get("type") if isinstance(data, dict) else None
+        sub = {"QuantCfg": QuantCfg, "PruneCfg": PruneCfg}.get(tag)
+        _check(sub is not None, f"compress config needs type QuantCfg or PruneCfg, got {tag!r}")
+        return from_dict(sub, {k: v for k, v in data.items() if k != "type"})
+    if is_union:
+        args = [a for a in typing.get_args(cls) if a is not type(None)]
+        if data is None:
+            return None
+        if len(args) == 1:
+            return from_dict(args[0], data)
+        return data
+    if dataclasses.is_dataclass(cls):
+        _check(isinstance(data, dict), f"{cls.__name__} must be a table, got {type(data).__name__}")
+        hints = _hint_types(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names - {"type"}
+        _check(not unknown, f"unknown {cls.__name__} field(s): {', '.join(sorted(unknown))}")
+        kw = {k: from_dict(hints[k], v) for k, v in data.items() if k in names}
+        try:
+            return cls(**kw)
+        except TypeError as e:
+            raise ConfigError(f"{cls.__name__}: {e}") from None
+    if origin is tuple:
+        (elt, *_rest) = typing.get_args(cls)
+        _check(isinstance(data, (list, tuple)), f"expected a list, got {data!r}")
+        return tuple(from_dict(elt, v) for v in data)
+    if cls is float:
+        _check(isinstance(data, (int, float)) and not isinstance(data, bool), f"expected a number, got {data!r}")
+        return float(data)
+    if cls is int:
+        _check(isinstance(data, int) and not isinstance(data, bool), f"expected an integer, got {data!r}")
+        return data
+    if cls is bool:
+        _check(isinstance(data, bool), f"expected true or false, got {data!r}")
+        return data
+    if cls is str:
+        _check(isinstance(data, str), f"expected a string, got {data!r}")
+        return data
+    return data
+
+
+# ---------------------------------------------------------------- studies
+
+@dataclass(frozen=True)
+class DistillGrid:
+    alphas: tuple[float, ...] = field(default=(0.1, 0.5, 0.9), metadata={"help": "one student per alpha and seed"})
+    seeds: tuple[int, ...] = field(default=(2, 24, 42), metadata={"help": "student seeds"})
+    temperature: float = 3.0
+    init: str = "base-init"
+    control: bool = field(default=True, metadata={
+        "help": "also distil from an independent model (same recipe, alpha 0.5, first seed): the random control"})
+
+
+@dataclass(frozen=True)
+class StudyCfg:
+    """One dataset x one architecture x the methods to compare (one column block of the paper's tables)."""
+
+    name: str = "quick"
+    data: DataCfg = DataCfg()
+    model: ModelCfg = ModelCfg()
+    train: TrainCfg = TrainCfg()
+    seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "independent models; the first is the base"})
+    distill: DistillGrid = DistillGrid()
+    quantize: tuple[str, ...] = field(default=("16-bit", "8-bit"), metadata={"help": "quantization schemes"})
+    prune: tuple[float, ...] = field(default=(0.1, 0.3, 0.5, 0.7, 0.9), metadata={"help": "per-layer L1 amounts"})
+    prune_global: tuple[float, ...] = field(default=(), metadata={"help": "global L1 amounts"})
+    metric: str = field(default="disagreement", metadata={"help": "distance behind RFD and verdicts"})
+
+    def __post_init__(self) -> None:
+        _check(len(self.seeds) >= 2, "a study needs at least 2 seeds: the base and one independent model")
+        _check(len(set(self.seeds)) == len(self.seeds), "seeds must differ")
+        _check(self.train.seed == 0, "set seeds through the study's seeds, not train.seed")
+        for s in self.quantize:
+            QuantCfg(scheme=s)
+        for a in self.prune:
+            PruneCfg(amount=a)
+        for a in self.prune_global:
+            PruneCfg(amount=a, scope="global")
+        for a in self.distill.alphas:
+            _check(0 <= a <= 1, f"alpha must be in [0, 1], got {a}")
+        _check(self.metric in ("disagreement", "js", "kl", "tv"), f"unknown metric {self.metric!r}")
+
+    def replace(self, **changes: Any) -> "StudyCfg":
+        return dataclasses.replace(self, **changes)
+
+
+def load_study_toml(path: Path) -> StudyCfg:
+    """Read a study from TOML; its tables mirror StudyCfg (``[data]``, ``[train]``, ``[distill]``...)."""
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"study file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    preset = raw.pop("preset", None)
+    base = preset_study(preset) if preset else StudyCfg()
+    merged = to_dict(base)
+    for k, v in raw.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = {**merged[k], **v}
+        else:
+            merged[k] = v
+    return from_dict(StudyCfg, merged)
+
+
+def study_to_json(study: StudyCfg) -> str:
+    return json.dumps(to_dict(study), indent=2, sort_keys=True)
+
+
+# ---------------------------------------------------------------- presets
+
+def preset_study(name: str, arch: str | None = None) -> StudyCfg:
+    """The named preset; ``arch`` picks one architecture of a multi-architecture preset."""
+    archs = PRESET_ARCHS.get(name)
+    _check(archs is not None, f"unknown preset {name!r}; known: {', '.join(PRESET_ARCHS)}")
+    arch = arch or archs[0]
+    if name == "quick":
+        # 8x8 digits: small enough that the whole default study runs in about a minute on 2 cores.
+        return StudyCfg(name="quick", data=DataCfg("digits"), model=ModelCfg(arch),
+                        train=TrainCfg(epochs=12, lr=0.02))
+    dataset = {"paper-mnist": "mnist", "paper-cifar10": "cifar10", "paper-cifar100": "cifar100",
+               "fashion": "fashion-mnist"}[name]
+    return StudyCfg(name=name if len(archs) == 1 else f"{name}-{arch}", data=DataCfg(dataset),
+                    model=ModelCfg(arch), train=TrainCfg())
+
+
+PRESET_ARCHS: dict[str, tuple[str, ...]] = {
+    "quick": ("lenet",),
+    "fashion": ("lenet",),
+    "paper-mnist": ("lenet",),
+    "paper-cifar10": ("lenet", "resnet50", "mobilenet_v1"),
+    "paper-cifar100": ("lenet", "resnet50", "mobilenet_v1"),
+}

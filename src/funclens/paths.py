@@ -1,0 +1,82 @@
+"""Every on-disk name of a study's store, one small function each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def runs_dir(out: Path) -> Path:
+    return Path(out) / "runs"
+
+
+def run_dir(out: Path, run_id: str) -> Path:
+    return runs_dir(out) / run_id
+
+
+def config_file(run: Path) -> Path:
+    return run / "config.json"
+
+
+def model_file(run: Path) -> Path:
+    return run / "model.pt"
+
+
+def packed_model_file(run: Path) -> Path:
+    """Compressed weights at their real precision (quantized runs), for their true size."""
+    return run / "model_packed.pt"
+
+
+def init_file(run: Path) -> Path:
+    """A training run's initial weights: what a base-init student starts from."""
+    return run / "init.pt"
+
+
+def checkpoint_file(run: Path) -> Path:
+    """Model, optimizer and RNG state after the last finished epoch: what a resume reads."""
+    return run / "checkpoint.pt"
+
+
+def preds_dir(run: Path) -> Path:
+    return run / "preds"
+
+
+def preds_file(run: Path, epoch: int) -> Path:
+    """Test-set softmax after ``epoch`` (1-based); post-hoc runs store epoch 0 only."""
+    return preds_dir(run) / f"ep_{epoch:03d}.npy"
+
+
+def metrics_file(run: Path) -> Path:
+    return run / "metrics.json"
+
+
+def done_file(run: Path) -> Path:
+    return run / "DONE"
+
+
+def study_file(out: Path) -> Path:
+    """The study's config and plan: what `funclens report` needs beside the runs."""
+    return Path(out) / "study.json"
+
+
+def lock_file(out: Path) -> Path:
+    return Path(out) / ".lock"
+
+
+def summary_file(out: Path) -> Path:
+    return Path(out) / "summary.json"
+
+
+def report_md(out: Path) -> Path:
+    return Path(out) / "report.md"
+
+
+def report_html(out: Path) -> Path:
+    return Path(out) / "report.html"
+
+
+def tables_dir(out: Path) -> Path:
+    return Path(out) / "tables"
+
+
+def figures_dir(out: Path) -> Path:
+    return Path(out) / "figures"

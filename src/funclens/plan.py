@@ -1,0 +1,80 @@
+"""StudyCfg -> the runs it needs, with their parents: a small DAG, listed parents first.
+
+Example:
+    >>> from funclens.config import preset_study
+    >>> runs = plan(preset_study("quick"))
+    >>> [r.role for r in runs][:3]
+    ['base', 'independent', 'independent']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from funclens.config import DistillCfg, PruneCfg, QuantCfg, RunSpec, StudyCfg
+
+ROLES = ("base", "independent", "student", "control", "quantize", "prune")
+# Letters of the paper's figures: B base, I independent, D distillation, Q quantization, P pruning;
+# C marks our random-control students.
+LETTERS = {"base": "B", "independent": "I", "student": "D", "control": "C", "quantize": "Q", "prune": "P"}
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    spec: RunSpec
+    role: str  # one of ROLES
+    setting: str  # reads like the paper's column heads: "alpha=0.5", "8-bit", "30%", "seed=1"
+    seed: int | None = None
+
+    @property
+    def run_id(self) -> str:
+        return self.spec.run_id
+
+    @property
+    def letter(self) -> str:
+        return LETTERS[self.role]
+
+    def to_json(self) -> dict:
+        return {"run": self.run_id, "role": self.role, "setting": self.setting, "seed": self.seed,
+                "parents": list(self.spec.parents)}
+
+
+def _pct(a: float) -> str:
+    return f"{round(a * 100, 6):g}%"
+
+
+def plan(study: StudyCfg) -> list[PlannedRun]:
+    """Every run of ``study`` in an order where parents come first."""
+    def trained(seed: int, distill: DistillCfg | None = None) -> RunSpec:
+        return RunSpec("train", study.data, study.model, dataclasses.replace(study.train, seed=seed), distill)
+
+    runs: list[PlannedRun] = []
+    base = trained(study.seeds[0])
+    runs.append(PlannedRun(base, "base", f"seed={study.seeds[0]}", study.seeds[0]))
+    for s in study.seeds[1:]:
+        runs.append(PlannedRun(trained(s), "independent", f"seed={s}", s))
+    g = study.distill
+    for alpha in g.alphas:
+        for s in g.seeds:
+            d = DistillCfg(teacher=base.run_id, alpha=alpha, temperature=g.temperature, init=g.init)
+            runs.append(PlannedRun(trained(s, d), "student", f"alpha={alpha:g}", s))
+    if g.control and g.alphas and g.seeds:
+        # Same recipe, but the teacher is an independent model: if a base student is no nearer the
+        # base than this one is, distilling from the base transferred nothing specific to it.
+        indep = trained(study.seeds[1])
+        alpha = 0.5 if 0.5 in g.alphas else g.alphas[len(g.alphas) // 2]
+        d = DistillCfg(teacher=indep.run_id, alpha=alpha, temperature=g.temperature, init=g.init,
+                       init_run=base.run_id if g.init == "base-init" else "")
+        runs.append(PlannedRun(trained(g.seeds[0], d), "control", f"alpha={alpha:g}", g.seeds[0]))
+    for scheme in study.quantize:
+        runs.append(PlannedRun(RunSpec("quant", study.data, study.model, parent=base.run_id,
+                                       compress=QuantCfg(scheme=scheme)), "quantize", scheme))
+    for a in study.prune:
+        runs.append(PlannedRun(RunSpec("prune", study.data, study.model, parent=base.run_id,
+                                       compress=PruneCfg(amount=a)), "prune", _pct(a)))
+    for a in study.prune_global:
+        runs.append(PlannedRun(RunSpec("prune", study.data, study.model, parent=base.run_id,
+                                       compress=PruneCfg(amount=a, scope="global")), "prune",
+                               f"global {_pct(a)}"))
+    return runs

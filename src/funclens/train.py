@@ -1,0 +1,195 @@
+"""The training loop (plain and distillation) and inference. Knows nothing of files.
+
+One loop, top to bottom: seed, build, (resume), then per epoch: shuffle with the run's own generator,
+step through batches drawn from the in-memory uint8 tensors, evaluate the whole test set in order and
+hand the softmax to ``on_epoch`` with everything a resume needs.
+
+Example:
+    >>> from funclens.config import DataCfg, ModelCfg, RunSpec, TrainCfg
+    >>> from funclens.data import load_dataset
+    >>> ds = load_dataset("digits")
+    >>> spec = RunSpec("train", DataCfg("digits"), ModelCfg("lenet"), TrainCfg(epochs=1))
+    >>> model, history = train(spec, ds)
+    >>> round(history[-1]["test_acc"], 1) > 0.5
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from funclens.config import RunSpec
+from funclens.data import Dataset
+from funclens.models import create_model
+
+EpochHook = Callable[[int, np.ndarray, dict, dict], None]
+StepHook = Callable[[int, int, int], None]
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+            alpha: float, temperature: float) -> torch.Tensor:
+    """``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)`` (Hinton et al. 2015).
+
+    The T^2 factor keeps the soft term's gradients on the scale of the hard term's as T grows.
+    """
+    ce = F.cross_entropy(student_logits, labels)
+    if alpha == 0:
+        return ce  # exactly plain training, not 0 * KL + CE (which differs if KL is inf or nan)
+    t = temperature
+    kl = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+                  log_target=True, reduction="batchmean")
+    return alpha * t * t * kl + (1 - alpha) * ce
+
+
+@torch.no_grad()
+def infer(model: nn.Module, x: torch.Tensor, data: Dataset, *, device: torch.device | str = "cpu",
+          batch_size: int = 1024, precision: str = "fp32", channels_last: bool = False) -> torch.Tensor:
+    """Logits for every image of ``x`` (uint8 ``[N, C, H, W]``), in order, as float32 on the CPU.
+
+    Args:
+        model: any module mapping normalised images to logits; put in eval mode here.
+        x: the images, e.g. ``data.test_x``.
+        data: supplies the normalisation.
+    """
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = data.normalize(x[i:i + batch_size].to(device))
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, precision):
+            out.append(model(xb).float().cpu())
+    return torch.cat(out) if out else torch.empty(0, data.num_classes)
+
+
+def _autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16" and torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _rng_state(gen: torch.Generator) -> dict:
+    return {"torch": torch.get_rng_state(), "gen": gen.get_state()}
+
+
+def train(spec: RunSpec, data: Dataset, *, device: torch.device | str = "cpu",
+          init_state: dict | None = None, teacher: nn.Module | None = None, resume: dict | None = None,
+          on_epoch: EpochHook | None = None, on_step: StepHook | None = None,
+          on_init: Callable[[dict], None] | None = None, teacher_cache: bool = True,
+          channels_last: bool = False) -> tuple[nn.Module, list[dict]]:
+    """Train ``spec``'s model and return it with its per-epoch history.
+
+    Args:
+        spec: a ``train`` RunSpec; with ``spec.distill`` the loss is :func:`kd_loss` against ``teacher``.
+        data: the in-memory data set.
+        init_state: initial weights (a base-init student gets the base's); default: built from the seed.
+        teacher: the teacher model (weights loaded) for a distillation run.
+        resume: a checkpoint dict given earlier to ``on_epoch``; training continues after its epoch.
+        on_epoch: called after every epoch with (epoch, float16 softmax [N, C], metrics, checkpoint).
+        on_step: called after every step with (epoch, step, steps per epoch), for progress bars.
+        on_init: called once, before training, with the initial state_dict.
+        teacher_cache: compute the teacher's logits for the whole training set once rather than at
+            every step. Exact up to float rounding: there is no augmentation, so every step would
+            see the same logits.
+    """
+    cfg, dcfg = spec.train, spec.distill
+    assert cfg is not None and spec.kind == "train"
+    device = torch.device(device)
+    torch.manual_seed(cfg.seed)
+    model = create_model(spec.model.arch, in_shape=data.in_shape, num_classes=data.num_classes)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    if on_init is not None:
+        on_init(copy.deepcopy(model.state_dict()))
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if cfg.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                                     weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # The data order has its own generator, so model code that draws random numbers cannot shift it.
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    teacher_logits = None
+    if dcfg is not None:
+        assert teacher is not None, "a distillation run needs its teacher"
+        teacher.to(device).eval()
+        if teacher_cache:
+            teacher_logits = infer(teacher, data.train_x, data, device=device)
+
+    history: list[dict] = []
+    start_epoch = 1
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        torch.set_rng_state(resume["rng"]["torch"])
+        gen.set_state(resume["rng"]["gen"])
+        history = list(resume["history"])
+        start_epoch = int(resume["epoch"]) + 1
+
+    n = len(data.train_x)
+    steps = (n + cfg.batch_size - 1) // cfg.batch_size
+    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        order = torch.randperm(n, generator=gen).to(device)
+        loss_sum = torch.zeros((), device=device)
+        for step in range(steps):
+            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            xb, yb = data.normalize(train_x[idx]), train_y[idx]
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, cfg.precision):
+                logits = model(xb).float()
+            if dcfg is None:
+                loss = F.cross_entropy(logits, yb)
+            else:
+                if teacher_logits is not None:
+                    tl = teacher_logits[idx.cpu()].to(device)
+                else:
+                    with torch.no_grad():
+                        tl = teacher(xb).float()
+                loss = kd_loss(logits, tl, yb, dcfg.alpha, dcfg.temperature)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.detach() * len(idx)
+            if on_step is not None:
+                on_step(epoch, step + 1, steps)
+        train_loss = float(loss_sum) / n
+        if not np.isfinite(train_loss):
+            raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_loss}); lower the lr")
+        train_time = time.perf_counter() - t0
+        logits = infer(model, data.test_x, data, device=device, precision=cfg.precision,
+                       channels_last=channels_last)
+        probs = torch.softmax(logits, dim=1)
+        row = {"epoch": epoch, "train_loss": train_loss,
+               "test_loss": float(F.cross_entropy(logits, data.test_y)),
+               "test_acc": float((logits.argmax(1) == data.test_y).float().mean()),
+               "train_seconds": train_time, "images_per_second": n / train_time}
+        history.append(row)
+        if on_epoch is not None:
+            # Copies, not views of live tensors: the hook may keep the checkpoint while training goes on.
+            ckpt = copy.deepcopy({"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                  "rng": _rng_state(gen), "history": history})
+            on_epoch(epoch, probs.numpy().astype(np.float16), row, ckpt)
+    return model, history
+
+
+def evaluate(model: nn.Module, data: Dataset, device: torch.device | str = "cpu") -> tuple[np.ndarray, dict]:
+    """Softmax (float16) and accuracy/loss of a finished model on the test set."""
+    logits = infer(model, data.test_x, data, device=device)
+    probs = torch.softmax(logits, dim=1).numpy().astype(np.float16)
+    return probs, {"test_acc": float((logits.argmax(1) == data.test_y).float().mean()),
+                   "test_loss": float(F.cross_entropy(logits, data.test_y))}

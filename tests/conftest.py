@@ -1,0 +1,58 @@
+"""Shared fixtures: where the real data files are, and small studies to run end to end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# The canonical MNIST and CIFAR-10 files sit in shared/data beside the checkout (see its SOURCES.md).
+SHARED_DATA = Path(os.environ.get("FUNCLENS_SHARED_DATA", REPO.parent / "shared" / "data"))
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def need(path: Path) -> Path:
+    """The real data are part of the test contract: missing files fail loudly rather than skip."""
+    assert path.exists(), f"test data missing: {path} (see README, 'Data sets')"
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return need(SHARED_DATA)
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None
+            ) -> subprocess.CompletedProcess:
+    """The real `funclens` command in a subprocess, as a user runs it."""
+    e = {**os.environ, "PYTHONHASHSEED": "0", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "funclens", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout, env=e)
+
+
+SMALL_STUDY = """
+name = "small"
+seeds = [0, 1, 2]
+quantize = ["16-bit", "8-bit"]
+prune = [0.5]
+[data]
+dataset = "digits"
+[train]
+epochs = 3
+lr = 0.02
+[distill]
+alphas = [0.5]
+seeds = [2]
+control = false
+"""
+
+
+@pytest.fixture
+def small_study(tmp_path: Path) -> Path:
+    p = tmp_path / "small.toml"
+    p.write_text(SMALL_STUDY)
+    return p
