@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from funclens.config import FunclensError, RunSpec
+from funclens.config import DataCfg, FunclensError, RunSpec
 from funclens.data import Dataset, load_from_cfg
 from funclens.models import create_model
 from funclens.store import Store
@@ -59,12 +59,17 @@ def resolve_device(device: str) -> str:
 _DATA_CACHE: dict[tuple, Dataset] = {}
 
 
-def _dataset(spec: RunSpec, ctx: RunContext) -> Dataset:
-    key = (spec.data, ctx.data_dir)
+def preload_dataset(cfg: DataCfg, ctx: RunContext) -> Dataset:
+    """The data set of ``cfg``, loaded once per process."""
+    key = (cfg, ctx.data_dir)
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()  # one data set at a time per process: CIFAR takes 180 MB
-        _DATA_CACHE[key] = load_from_cfg(spec.data, Path(ctx.data_dir) if ctx.data_dir else None, ctx.offline)
+        _DATA_CACHE[key] = load_from_cfg(cfg, Path(ctx.data_dir) if ctx.data_dir else None, ctx.offline)
     return _DATA_CACHE[key]
+
+
+def _dataset(spec: RunSpec, ctx: RunContext) -> Dataset:
+    return preload_dataset(spec.data, ctx)
 
 
 def _load_model(store: Store, run_id: str, data: Dataset) -> torch.nn.Module:

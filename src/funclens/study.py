@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from funclens import __version__, paths
 from funclens.config import FunclensError, StudyCfg, to_dict
-from funclens.execute import ExecResult, RunContext, run_local
+from funclens.execute import ExecResult, RunContext, preload_dataset, run_local
 from funclens.plan import PlannedRun, plan
 from funclens.store import Store, atomic_write_text
 
@@ -39,6 +39,9 @@ def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int = 1, executor: str 
               ray_address: str | None = None, wait: bool = False, report: bool = True) -> ExecResult:
     store = Store(Path(ctx.out))
     store.ensure_writable()
+    # Read the data once here: a missing or damaged file is one clear error before any run starts,
+    # and the in-process executor reuses the loaded set.
+    preload_dataset(study.data, ctx)
     planned = plan(study)
     by_id = {p.run_id: p for p in planned}
     console = Console(stderr=True)

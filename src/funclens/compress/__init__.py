@@ -1,0 +1,166 @@
+"""Post-hoc compression: quantization and L1 pruning of a trained model, dispatched on the config's type.
+
+``compress(model, cfg)`` deep-copies ``model`` (the caller's model is never touched), compresses the copy
+and returns it with an info dict. It never writes files: saving is the caller's job (``store.py``).
+
+The returned model computes in fp32 on CPU and holds the weights as the compressed format gives them
+(dequantized values; pruned zeros in place), so it loads into a fresh ``create_model(...)`` with
+``load_state_dict`` -- except ``dynamic-int8``, which returns torch's own quantized ``Linear`` modules
+(``info["loadable"]`` is False there).
+
+Info keys (all JSON-serialisable except ``packed``):
+
+- ``method``: ``"quantize"`` or ``"prune"``; ``setting``: e.g. ``"8-bit"``, ``"30%"``, ``"global 50%"``.
+- ``scheme`` (quantization; plus ``group_size`` for grouped 4-bit) or ``amount`` and ``scope`` (pruning):
+  the config's values, for tables.
+- ``loadable``: whether ``create_model(...).load_state_dict(returned.state_dict())`` works.
+- ``layers_total``: Conv2d + Linear layers of the model; ``layers_compressed``: those compressed;
+  ``conv_layers_compressed``: the Conv2d among them (0 for ``dynamic-int8``).
+- ``fp32_bytes``: size of all parameters and buffers at fp32 (float tensors at 4 bytes per element;
+  integer buffers such as BatchNorm's ``num_batches_tracked`` at their own size).
+- ``weight_bytes``: the same at the compressed precision. Quantization: fp16/bf16 = 2 bytes per weight;
+  int8 = 1 byte per weight + one fp32 scale per output channel; int4 = 0.5 byte per weight (two per byte,
+  ``ceil(numel / 2)`` per layer) + one fp32 scale per output channel or group; ``dynamic-int8`` = 1 byte
+  per Linear weight + an fp32 scale and an int32 zero point per tensor. Biases, BatchNorm and every
+  other tensor stay at fp32 size. Pruning: the dense fp32 size (zeros are still stored), so
+  ``weight_bytes == fp32_bytes``.
+- Pruning only: ``sparse_bytes``: the size if each pruned weight were stored CSR-like over
+  ``(out_channels, in_channels * kh * kw)``: nonzero values (fp32, 4 bytes) + their column indices
+  (int32, 4 bytes) + ``out_channels + 1`` row pointers (int32, 4 bytes); every other tensor dense fp32.
+  ``sparsity``: the measured fraction of zeros among the weights of the pruned layers, counted after
+  pruning; ``sparsity_by_layer``: layer name -> that fraction.
+- ``packed``: quantized schemes only (``None`` for pruning and ``dynamic-int8``): a dict of tensors in
+  their real storage format, ``torch.save``-able so the file size shows the real size. It mirrors the
+  state_dict: ``"<layer>.weight"`` holds fp16/bf16 values, int8 values (the weight's shape) or int4
+  values packed two per byte (1-D uint8, see :func:`funclens.compress.quantize.pack_int4`);
+  ``"<layer>.weight_scale"`` holds the fp32 scales (int8: ``(out,)``; int4: ``(out, groups)``); every other
+  state_dict entry is kept as is (fp32). :func:`funclens.compress.quantize.dequantize_packed` turns it
+  back into the returned model's state_dict, bit for bit.
+
+Example:
+    >>> from funclens.config import QuantCfg, PruneCfg
+    >>> from funclens.models import create_model
+    >>> m = create_model("lenet", in_shape=(1, 28, 28), num_classes=10)
+    >>> q, info = compress(m, QuantCfg("8-bit"))
+    >>> info["setting"], info["layers_compressed"], round(info["fp32_bytes"] / info["weight_bytes"], 1)
+    ('8-bit', 4, 4.0)
+    >>> p, info = compress(m, PruneCfg(0.5, scope="global"))
+    >>> info["setting"], round(info["sparsity"], 3)
+    ('global 50%', 0.5)
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Collection, TypeVar
+
+import torch
+import torch.nn as nn
+
+from funclens.config import ConfigError, PruneCfg, QuantCfg
+
+Info = dict[str, Any]
+Method = Callable[[nn.Module, Any], tuple[nn.Module, Info]]
+_T = TypeVar("_T", bound=Method)
+
+_METHODS: dict[type, Method] = {}
+
+
+def register(cfg_type: type) -> Callable[[_T], _T]:
+    """Register ``fn(model_copy, cfg) -> (model, info)`` as the method for configs of ``cfg_type``.
+
+    ``fn`` receives a private fp32 CPU copy that it may change in place. :func:`compress` adds the
+    keys common to every method (``layers_total``, ``fp32_bytes``) to the info it returns.
+
+    Args:
+        cfg_type: the config dataclass the method handles.
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> @dataclass(frozen=True)
+        ... class NoopCfg:
+        ...     pass
+        >>> @register(NoopCfg)
+        ... def _noop(model, cfg):
+        ...     return model, {"method": "noop", "setting": "", "loadable": True}
+    """
+
+    def deco(fn: _T) -> _T:
+        _METHODS[cfg_type] = fn
+        return fn
+
+    return deco
+
+
+def compress(model: nn.Module, cfg: QuantCfg | PruneCfg) -> tuple[nn.Module, Info]:
+    """Compress a deep copy of ``model`` as ``cfg`` says; ``model`` itself is left unchanged.
+
+    Args:
+        model: a trained model (any device or float dtype).
+        cfg: a :class:`~funclens.config.QuantCfg` or :class:`~funclens.config.PruneCfg`.
+
+    Returns:
+        The compressed model (fp32, CPU) and the info dict described in the module docstring.
+
+    Example:
+        >>> from funclens.models import create_model
+        >>> m = create_model("lenet", in_shape=(1, 28, 28), num_classes=10)
+        >>> pruned, info = compress(m, PruneCfg(0.3))
+        >>> info["setting"], info["loadable"]
+        ('30%', True)
+    """
+    method = next((_METHODS[t] for t in type(cfg).__mro__ if t in _METHODS), None)
+    if method is None:
+        known = ", ".join(t.__name__ for t in _METHODS)
+        raise ConfigError(f"no compression method for {type(cfg).__name__}; known configs: {known}")
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"compress needs an nn.Module, got {type(model).__name__}")
+    layers = weight_layers(model)
+    if not layers:
+        raise ConfigError(f"{type(model).__name__} has no Conv2d or Linear layer to compress")
+    fp32 = tensor_bytes(model)
+    # detach from the caller completely: no shared storage, so in-place edits can't leak back
+    work = copy.deepcopy(model).float().cpu()
+    out, info = method(work, cfg)
+    info["layers_total"] = len(layers)
+    info["fp32_bytes"] = fp32
+    return out, info
+
+
+# ---------------------------------------------------------------- helpers shared by the methods
+
+def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The Conv2d and Linear layers of ``model``, in ``named_modules`` order: what every method compresses.
+
+    Args:
+        model: any module.
+
+    Example:
+        >>> from funclens.models import create_model
+        >>> [n for n, _ in weight_layers(create_model("lenet", in_shape=(1, 28, 28), num_classes=10))]
+        ['conv1', 'conv2', 'fc1', 'fc2']
+    """
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def _fp32_size(t: torch.Tensor) -> int:
+    # float tensors are counted at fp32 whatever they hold now; integer buffers at their own width
+    return t.numel() * (4 if t.is_floating_point() else t.element_size())
+
+
+def tensor_bytes(model: nn.Module, skip: Collection[str] = ()) -> int:
+    """Bytes of all parameters and buffers of ``model`` at fp32 (integer buffers at their own size).
+
+    Args:
+        model: any module; shared tensors are counted once.
+        skip: qualified tensor names (``"conv1.weight"``) to leave out, e.g. those counted elsewhere.
+
+    Example:
+        >>> tensor_bytes(nn.Linear(3, 2))  # (6 weights + 2 biases) * 4 bytes
+        32
+    """
+    named = [*model.named_parameters(), *model.named_buffers()]
+    return sum(_fp32_size(t) for n, t in named if n not in skip)
+
+
+from funclens.compress import prune, quantize  # noqa: E402,F401  (registration side effect)
