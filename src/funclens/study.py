@@ -29,7 +29,9 @@ def write_study_file(store: Store, study: StudyCfg, planned: list[PlannedRun]) -
             old = json.loads(f.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             old = None
-        if old is not None and old.get("study") != rec["study"]:
+        # The same study may grow (a method added, runs are shared by id); another study may not
+        # take over the folder, since its report would silently replace this one's.
+        if old is not None and old.get("study", {}).get("name") != study.name:
             raise FunclensError(f"{store.root} holds another study ({old.get('study', {}).get('name')}); "
                                 "choose another --out")
     atomic_write_text(f, json.dumps(rec, indent=2, sort_keys=True))
@@ -52,6 +54,7 @@ def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int = 1, executor: str 
                       console=console) as bar:
             total = bar.add_task(f"{study.name}: runs", total=len(specs))
             tasks: dict[str, int] = {}
+            tasks_done: list[str] = []
 
             def progress(rid: str, epoch: int, epochs: int, step: int, steps: int) -> None:
                 p = by_id.get(rid)
@@ -63,6 +66,11 @@ def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int = 1, executor: str 
 
             def on_done(rid: str) -> None:
                 bar.advance(total)
+                if not console.is_terminal:  # logs get one line per finished run instead of bars
+                    p = by_id.get(rid)
+                    console.print(f"{study.name}: finished {p.role if p else ''} {p.setting if p else ''} "
+                                  f"{rid} ({len(tasks_done) + 1}/{len(specs)})", highlight=False, soft_wrap=True)
+                tasks_done.append(rid)
                 if rid in tasks:
                     bar.remove_task(tasks.pop(rid))
 
