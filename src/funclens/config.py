@@ -227,7 +227,13 @@ def from_dict(cls: type, data: Any) -> Any:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names - {"type"}
         _check(not unknown, f"unknown {cls.__name__} field(s): {', '.join(sorted(unknown))}")
-        kw = {k: from_dict(hints[k], v) for k, v in data.items() if k in names}
+        kw = {}
+        for k, v in data.items():
+            if k in names:
+                try:
+                    kw[k] = from_dict(hints[k], v)
+                except ConfigError as e:  # name the field: "train.epochs: expected an integer"
+                    raise ConfigError(f"{k}{'' if str(e).startswith(('[', '.')) else ': '}{e}") from None
         try:
             return cls(**kw)
         except TypeError as e:
