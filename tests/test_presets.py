@@ -1,0 +1,48 @@
+"""Presets resolve to the paper's studies, and several studies combine into one report."""
+
+import csv
+import json
+
+from conftest import run_cli
+from funclens.cli import _resolve_studies
+from funclens.plan import plan
+
+
+def test_paper_presets_run_one_study_per_architecture():
+    name, studies = _resolve_studies(None, "paper-cifar100", None, None, None, None, None)
+    assert name == "paper-cifar100"
+    assert [s.model.arch for s in studies] == ["lenet", "resnet50", "mobilenet_v1"]
+    assert {s.data.dataset for s in studies} == {"cifar100"}
+    # 3 independent seeds, 9 students, the random control, 2 quantized and 5 pruned models each
+    assert [len(plan(s)) for s in studies] == [20, 20, 20]
+    _, [mnist] = _resolve_studies(None, "paper-mnist", None, None, None, None, None)
+    assert (mnist.data.dataset, mnist.model.arch, mnist.train.epochs) == ("mnist", "lenet", 25)
+
+
+def test_the_control_student_learns_from_an_independent_model_from_the_base_init():
+    _, [s] = _resolve_studies(None, "quick", None, None, None, None, None)
+    runs = plan(s)
+    base = next(r for r in runs if r.role == "base")
+    indep = next(r for r in runs if r.role == "independent")
+    [control] = [r for r in runs if r.role == "control"]
+    assert control.spec.distill.teacher == indep.run_id
+    assert control.spec.distill.init_source == base.run_id
+    assert set(control.spec.parents) == {indep.run_id, base.run_id}
+
+
+def test_report_over_a_folder_of_studies_writes_a_combined_report(tmp_path):
+    parent = tmp_path / "grid"
+    for arch in ("lenet", "mobilenet_v1"):
+        toml = tmp_path / f"{arch}.toml"
+        toml.write_text(f'name = "grid-{arch}"\nseeds = [0, 1, 2]\nquantize = ["8-bit"]\nprune = [0.5]\n'
+                        f'[data]\ntrain_subset = 400\n[model]\narch = "{arch}"\n[train]\nepochs = 2\n[distill]\nalphas = []\ncontrol = false\n')
+        r = run_cli("study", str(toml), "--out", str(parent / arch))
+        assert r.returncode == 0, r.stderr
+    r = run_cli("report", str(parent))
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(parent / "tables" / "accuracy_deviation.csv")))
+    assert [x["architecture"] for x in rows] == ["lenet", "mobilenet_v1"]
+    assert all(x["8-bit"] != "" and x["50%"] != "" for x in rows)
+    combined = json.loads((parent / "summary.json").read_text())
+    assert [s["arch"] for s in combined["studies"]] == ["lenet", "mobilenet_v1"]
+    assert (parent / "report.html").read_text().count("data:image/png;base64,") == 4
