@@ -135,7 +135,8 @@ def test_real_fashion_mnist_study_quantized_nearer_the_base_than_independents(tm
     models do not share it."""
     need(FASHION)
     study = tmp_path / "f.toml"
-    study.write_text('preset = "fashion"\nquantize = ["8-bit", "4-bit"]\nprune = [0.3]\n'
+    study.write_text('preset = "fashion"\nquantize = ["8-bit", "4-bit", "bf16", "dynamic-int8"]\nprune = [0.3]\n'
+                     'prune_global = [0.5]\n'
                      '[data]\ntrain_subset = 6000\ntest_subset = 2000\n[train]\nepochs = 2\n'
                      '[distill]\nalphas = [0.5]\nseeds = [2]\ncontrol = false\n')
     out = tmp_path / "out"
@@ -147,6 +148,11 @@ def test_real_fashion_mnist_study_quantized_nearer_the_base_than_independents(tm
     assert q8["verdict"] == "preserves" and q8["rfd_ci"][1] < 0.5 and q8["p_closer"] < 0.05
     assert rows[("independent", "seed=1")]["rfd_ci"][0] > 0.5
     assert s["base"]["accuracy"] > 0.7
+    # every post-hoc method ran through the executor, with its real size and sparsity recorded
+    assert rows[("quantize", "4-bit")]["weight_bytes"] < q8["weight_bytes"] < q8["fp32_bytes"]
+    assert rows[("prune", "global 50%")]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert rows[("quantize", "dynamic-int8")]["conv_layers_compressed"] == 0
+    assert "quantizes Linear layers only" in (out / "report.md").read_text()
     # ...and the landscape shows it: in the 2-D embedding the quantized model sits nearer the base's
     # final checkpoint than any independent model's final checkpoint does.
     import csv

@@ -120,7 +120,7 @@ def execute_run(spec: RunSpec, ctx: RunContext, progress: ProgressFn | None = No
         final = history[-1]
         store.finish(rid, state_dict=model.state_dict(), metrics={
             "test_acc": final["test_acc"], "test_loss": final["test_loss"], "history": history,
-            "device": device.type, "precision": spec.train.precision,
+            "device": device.type, "precision": spec.train.precision, "channels_last": ctx.channels_last,
             "train_images": len(data.train_x), "test_images": len(data.test_x)})
     else:
         from funclens.compress import compress
@@ -218,6 +218,9 @@ def run_local(specs: list[RunSpec], ctx: RunContext, *, jobs: int = 1,
                 execute_run(s, ctx, progress)
             except FunclensError as e:
                 result.failed[s.run_id] = str(e)
+                continue
+            except Exception as e:  # a bug in one run: report it with its trace, let the others go on
+                result.failed[s.run_id] = f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
                 continue
             finished.add(s.run_id)
             result.done.append(s.run_id)

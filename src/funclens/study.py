@@ -39,6 +39,8 @@ def write_study_file(store: Store, study: StudyCfg, planned: list[PlannedRun]) -
 
 def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int = 1, executor: str = "local",
               ray_address: str | None = None, wait: bool = False, report: bool = True) -> ExecResult:
+    if study.train.precision == "bf16" and ctx.device != "cuda":
+        raise FunclensError("precision bf16 (autocast) runs on CUDA only; use --device cuda or precision fp32")
     store = Store(Path(ctx.out))
     store.ensure_writable()
     # Read the data once here: a missing or damaged file is one clear error before any run starts,
@@ -54,9 +56,11 @@ def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int = 1, executor: str 
                       console=console) as bar:
             total = bar.add_task(f"{study.name}: runs", total=len(specs))
             tasks: dict[str, int] = {}
-            tasks_done: list[str] = []
+            tasks_done: set[str] = set()
 
             def progress(rid: str, epoch: int, epochs: int, step: int, steps: int) -> None:
+                if rid in tasks_done:
+                    return  # a worker's last event can arrive after its run was reported done
                 p = by_id.get(rid)
                 if rid not in tasks:
                     label = f"  {p.role} {p.setting}" if p else f"  {rid}"
@@ -70,7 +74,7 @@ def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int = 1, executor: str 
                     p = by_id.get(rid)
                     console.print(f"{study.name}: finished {p.role if p else ''} {p.setting if p else ''} "
                                   f"{rid} ({len(tasks_done) + 1}/{len(specs)})", highlight=False, soft_wrap=True)
-                tasks_done.append(rid)
+                tasks_done.add(rid)
                 if rid in tasks:
                     bar.remove_task(tasks.pop(rid))
 
