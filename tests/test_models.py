@@ -34,3 +34,23 @@ def test_mobilenet_v1_has_28_layers():
 def test_same_seed_same_initial_weights():
     a, b = [(torch.manual_seed(3), create_model("lenet", in_shape=(1, 8, 8), num_classes=10))[1] for _ in range(2)]
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_lenet_pools_before_relu_with_the_same_function_and_gradients():
+    torch.manual_seed(0)
+    m = create_model("lenet", in_shape=(1, 28, 28), num_classes=10)
+    x = torch.randn(8, 1, 28, 28)
+
+    def paper_order(x):  # the textbook order: conv, relu, pool
+        x = m.pool(torch.relu(m.conv1(x)))
+        x = m.pool(torch.relu(m.conv2(x)))
+        return m.fc2(torch.relu(m.fc1(torch.flatten(x, 1))))
+
+    grads = []
+    for f in (m, paper_order):
+        m.zero_grad()
+        y = f(x)
+        y.square().sum().backward()
+        grads.append((y.detach().clone(), [p.grad.clone() for p in m.parameters()]))
+    assert torch.equal(grads[0][0], grads[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(grads[0][1], grads[1][1]))
