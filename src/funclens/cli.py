@@ -97,7 +97,8 @@ def study(
     if jobs < 0:
         raise ConfigError("--jobs must be >= 0")
     out = out or Path("results") / name
-    dev = resolve_device(device)
+    # A Ray driver may have no GPU while its workers do: there `cuda` is checked by each task instead.
+    dev = "cuda" if (executor == "ray" and device == "cuda") else resolve_device(device)
     jobs = jobs or (os.cpu_count() or 1)
     outs = [out] if len(studies) == 1 else [out / s.model.arch for s in studies]
     for s, o in zip(studies, outs):

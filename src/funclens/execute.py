@@ -85,6 +85,7 @@ def execute_run(spec: RunSpec, ctx: RunContext, progress: ProgressFn | None = No
 
     store = Store(Path(ctx.out))
     rid = spec.run_id
+    resolve_device(ctx.device)  # on a cluster the driver may lack the GPU a worker must have
     if store.is_done(rid):
         if not store.verify_run(rid):
             return rid
