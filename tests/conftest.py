@@ -56,3 +56,14 @@ def small_study(tmp_path: Path) -> Path:
     p = tmp_path / "small.toml"
     p.write_text(SMALL_STUDY)
     return p
+
+
+@pytest.fixture(scope="session")
+def small_ref(tmp_path_factory) -> Path:
+    """The small study run once, uninterrupted, in one process: the reference the kill tests compare with.
+    Tests that change it work on a copy."""
+    d = tmp_path_factory.mktemp("small_ref")
+    (d / "small.toml").write_text(SMALL_STUDY)
+    r = run_cli("study", str(d / "small.toml"), "--out", str(d / "out"), "--no-report", "--jobs", "1")
+    assert r.returncode == 0, r.stderr
+    return d / "out"

@@ -22,9 +22,8 @@ def durable_files(out: Path) -> dict[str, bytes]:
             if p.is_file() and p.name not in ("metrics.json", "DONE") and not p.name.startswith(".")}
 
 
-def test_soak_ten_random_sigkills_then_identical_store(tmp_path, small_study):
-    ref = tmp_path / "ref"
-    assert run_cli("study", str(small_study), "--out", str(ref), "--no-report").returncode == 0
+def test_soak_ten_random_sigkills_then_identical_store(tmp_path, small_study, small_ref):
+    ref = small_ref
     out = tmp_path / "soak"
     rng = random.Random(1234)
     kills = 0
