@@ -4,7 +4,6 @@ import gzip
 import pickle
 import shutil
 
-import pytest
 
 from conftest import run_cli
 

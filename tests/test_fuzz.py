@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from funclens.data import DataError, read_cifar_pickle, read_idx
-from funclens.metrics import MetricsError, check_predictions
+from funclens.metrics import check_predictions
 from funclens.report import _load_array
 from funclens.config import FunclensError
 from funclens.store import Store, StoreError

@@ -12,7 +12,6 @@ Exit 0 on success, 2 on bad input, 1 on an internal failure; errors are one line
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import traceback
@@ -23,7 +22,7 @@ import typer
 
 from funclens import paths
 from funclens.config import (PRESET_ARCHS, ConfigError, DataCfg, FunclensError, ModelCfg, StudyCfg,
-                             load_study_toml, preset_study, study_to_json, to_dict)
+                             load_study_toml, preset_study, to_dict)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="Is the compressed model still the same function as the original?")

@@ -131,7 +131,6 @@ class PruneCfg:
         _check(self.scope in ("layer", "global"), f"pruning scope must be layer or global, got {self.scope!r}")
 
 
-CompressCfg = Union[QuantCfg, PruneCfg]
 RUN_KINDS = ("train", "quant", "prune")
 
 
@@ -319,10 +318,6 @@ def load_study_toml(path: Path) -> StudyCfg:
         else:
             merged[k] = v
     return from_dict(StudyCfg, merged)
-
-
-def study_to_json(study: StudyCfg) -> str:
-    return json.dumps(to_dict(study), indent=2, sort_keys=True)
 
 
 # ---------------------------------------------------------------- presets

@@ -180,6 +180,18 @@ class ExecResult:
     skipped: list[str] = field(default_factory=list)
 
 
+def take_finished(store: Store, todo: dict[str, RunSpec], on_done: Callable[[str], None] | None) -> ExecResult:
+    """Move the runs already DONE (with intact files) out of ``todo`` into a new result."""
+    result = ExecResult()
+    for rid in list(todo):
+        if store.is_done(rid) and not store.verify_run(rid):
+            result.done.append(rid)
+            del todo[rid]
+            if on_done:
+                on_done(rid)
+    return result
+
+
 def run_local(specs: list[RunSpec], ctx: RunContext, *, jobs: int = 1,
               progress: ProgressFn | None = None, on_done: Callable[[str], None] | None = None) -> ExecResult:
     """Run ``specs`` (parents first) on this machine, up to ``jobs`` at once.
@@ -188,13 +200,7 @@ def run_local(specs: list[RunSpec], ctx: RunContext, *, jobs: int = 1,
     """
     store = Store(Path(ctx.out))
     todo = {s.run_id: s for s in specs}
-    result = ExecResult()
-    for rid in list(todo):
-        if store.is_done(rid) and not store.verify_run(rid):
-            result.done.append(rid)
-            del todo[rid]
-            if on_done:
-                on_done(rid)
+    result = take_finished(store, todo, on_done)
     finished = set(result.done)
 
     def ready() -> list[RunSpec]:

@@ -41,7 +41,7 @@ from typing import Any, Callable
 import torch
 
 from funclens.config import FunclensError, RunSpec
-from funclens.execute import ExecResult, ProgressFn, RunContext, execute_run
+from funclens.execute import ExecResult, ProgressFn, RunContext, execute_run, take_finished
 from funclens.store import Store
 
 MAX_RETRIES = 3  # Ray reruns a task whose worker process died this many times; each rerun resumes
@@ -217,13 +217,7 @@ def run_ray(specs: list[RunSpec], ctx: RunContext, *, address: str | None = None
         store = Store(Path(ctx.out))
         planned = {s.run_id for s in specs}
         todo = {s.run_id: s for s in specs}
-        result = ExecResult()
-        for rid in list(todo):
-            if store.is_done(rid) and not store.verify_run(rid):
-                result.done.append(rid)
-                del todo[rid]
-                if on_done:
-                    on_done(rid)
+        result = take_finished(store, todo, on_done)
         finished = set(result.done)
         ended: set[str] = set(finished)  # done or failed: late progress events for these are dropped
         unseen: dict[str, tuple[str, float]] = {}  # run id -> (node it ran on, deadline to appear here)

@@ -18,6 +18,7 @@ import numpy as np
 
 from funclens import __version__, metrics, paths
 from funclens.config import FunclensError, StudyCfg, from_dict
+from funclens.plan import LETTERS
 from funclens.store import Store, StoreError, atomic_write_bytes, atomic_write_text
 
 METHOD_OF_ROLE = {"independent": "independent", "student": "distill", "control": "distill",
@@ -202,8 +203,7 @@ def _landscape_points(sv: StudyView) -> tuple[list[np.ndarray], list[dict]]:
         for e in r.epochs:
             preds.append(r.final if e == r.epochs[-1] else store.load_preds(r.run, e))
             label = r.setting if r.role not in ("student", "control") else f"{r.setting} s{r.seed}"
-            points.append({"role": r.role, "letter": {"base": "B", "independent": "I", "student": "D",
-                                                       "control": "C", "quantize": "Q", "prune": "P"}[r.role],
+            points.append({"role": r.role, "letter": LETTERS[r.role],
                            "label": label, "trajectory": r.run, "epoch": e, "final": e == r.epochs[-1]})
     return preds, points
 

@@ -16,7 +16,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -299,7 +298,3 @@ class Store:
 
 def _cpu_state(state_dict: dict) -> dict:
     return {k: v.detach().to("cpu").clone() if torch.is_tensor(v) else v for k, v in state_dict.items()}
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
