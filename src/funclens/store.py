@@ -19,6 +19,7 @@ import os
 import socket
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -89,7 +90,9 @@ def sha256_file(path: Path) -> str:
 def load_torch(path: Path) -> Any:
     """Load a checkpoint without running code from it (tensors and plain containers only)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a hostile file's odd pickle protocol is refused, not warned about
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise StoreError(f"missing file {path}") from None
     except Exception as e:  # torch raises many types for damaged or hostile files
