@@ -55,7 +55,7 @@ def reference(study_file: Path) -> Path:
 def test_ray_executor_gives_the_local_executors_bytes(tmp_path, study_file, reference):
     out = tmp_path / "ray"
     r = run_cli("study", str(study_file), "--out", str(out), "--no-report", "--executor", "ray", env=RAY_ENV,
-                timeout=300)
+                timeout=900)  # a limit for a hung cluster, not a speed target
     assert r.returncode == 0, r.stderr
     assert done_runs(out) == done_runs(reference)
     assert pred_files(out) == pred_files(reference)
@@ -103,7 +103,7 @@ def test_a_killed_ray_worker_is_retried_and_resumes_from_its_last_epoch(tmp_path
                     break
             time.sleep(0.02)
         assert killed is not None, f"no training run's Ray worker was caught mid-run:\n{log.read_text()}"
-        assert proc.wait(timeout=240) == 0, log.read_text()
+        assert proc.wait(timeout=900) == 0, log.read_text()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
