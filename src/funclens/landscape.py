@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
@@ -228,6 +229,16 @@ def plot_accuracy_vs_distance(rows: Sequence[Mapping[str, Any]], *, title: str) 
             va="top", fontsize=8, color="0.35")
     ax.axhline(0.0, color="0.6", lw=0.7, zorder=1)
     ax.set_xlim(0.0, xmax)
+    # Heavily pruned models can sit at RFD 100 and -80% accuracy, squeezing every other model into a corner:
+    # past these bounds the axes turn logarithmic, keeping the region that decides verdicts linear.
+    plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+    if xmax > 4.0:
+        ax.set_xscale("symlog", linthresh=2.0, linscale=2.0)
+        ax.xaxis.set_major_formatter(plain)
+    devs = [row.get("accuracy_deviation_pct") for row in rows]
+    if any(d is not None and np.isfinite(d) and abs(d) > 10 for d in devs):
+        ax.set_yscale("symlog", linthresh=1.0)
+        ax.yaxis.set_major_formatter(plain)
     handles = [Line2D([], [], color=c, marker="o", ls="", label=m) for m, c in methods.items()]
     handles += [Patch(color="tab:green", alpha=0.25, label=f"preserves: CI upper end < {PRESERVE_BELOW}"),
                 Patch(color="tab:red", alpha=0.25, label=f"independent-like: CI lower end > {INDEPENDENT_ABOVE}")]
