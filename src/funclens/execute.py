@@ -180,13 +180,13 @@ class ExecResult:
     skipped: list[str] = field(default_factory=list)
 
 
-def take_finished(store: Store, todo: dict[str, RunSpec], on_done: Callable[[str], None] | None) -> ExecResult:
-    """Move the runs already DONE (with intact files) out of ``todo`` into a new result."""
+def take_finished(store: Store, pending: dict[str, RunSpec], on_done: Callable[[str], None] | None) -> ExecResult:
+    """Move the runs already DONE (with intact files) out of ``pending`` into a new result."""
     result = ExecResult()
-    for rid in list(todo):
+    for rid in list(pending):
         if store.is_done(rid) and not store.verify_run(rid):
             result.done.append(rid)
-            del todo[rid]
+            del pending[rid]
             if on_done:
                 on_done(rid)
     return result
@@ -199,12 +199,12 @@ def run_local(specs: list[RunSpec], ctx: RunContext, *, jobs: int = 1,
     A run starts once its parents are DONE; a failed run's descendants are skipped, other runs go on.
     """
     store = Store(Path(ctx.out))
-    todo = {s.run_id: s for s in specs}
-    result = take_finished(store, todo, on_done)
+    pending = {s.run_id: s for s in specs}
+    result = take_finished(store, pending, on_done)
     finished = set(result.done)
 
     def ready() -> list[RunSpec]:
-        return [s for s in todo.values() if all(p in finished or (p not in todo and store.is_done(p))
+        return [s for s in pending.values() if all(p in finished or (p not in pending and store.is_done(p))
                                                 for p in s.parents)]
 
     def blocked_by_failure(s: RunSpec) -> bool:
@@ -212,15 +212,15 @@ def run_local(specs: list[RunSpec], ctx: RunContext, *, jobs: int = 1,
 
     if jobs <= 1:
         torch.set_num_threads(1)
-        while todo:
-            for s in [s for s in todo.values() if blocked_by_failure(s)]:
+        while pending:
+            for s in [s for s in pending.values() if blocked_by_failure(s)]:
                 result.skipped.append(s.run_id)
-                del todo[s.run_id]
+                del pending[s.run_id]
             batch = ready()
             if not batch:
                 break
             s = batch[0]
-            del todo[s.run_id]
+            del pending[s.run_id]
             try:
                 execute_run(s, ctx, progress)
             except FunclensError as e:
@@ -233,7 +233,7 @@ def run_local(specs: list[RunSpec], ctx: RunContext, *, jobs: int = 1,
             result.done.append(s.run_id)
             if on_done:
                 on_done(s.run_id)
-        result.skipped += list(todo)
+        result.skipped += list(pending)
         return result
 
     mpctx = mp.get_context("spawn")
@@ -243,14 +243,14 @@ def run_local(specs: list[RunSpec], ctx: RunContext, *, jobs: int = 1,
                                       initargs=(q, os.getpid()))
         running: dict[cf.Future, str] = {}
         try:
-            while todo or running:
-                for s in [s for s in todo.values() if blocked_by_failure(s)]:
+            while pending or running:
+                for s in [s for s in pending.values() if blocked_by_failure(s)]:
                     result.skipped.append(s.run_id)
-                    del todo[s.run_id]
+                    del pending[s.run_id]
                 for s in ready():
                     if len(running) >= jobs:
                         break
-                    del todo[s.run_id]
+                    del pending[s.run_id]
                     running[pool.submit(_worker_run, s, ctx)] = s.run_id
                 if not running:
                     break
@@ -272,7 +272,7 @@ def run_local(specs: list[RunSpec], ctx: RunContext, *, jobs: int = 1,
             _drain(q, progress)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-    result.skipped += list(todo)
+    result.skipped += list(pending)
     return result
 
 

@@ -216,8 +216,8 @@ def run_ray(specs: list[RunSpec], ctx: RunContext, *, address: str | None = None
     try:
         store = Store(Path(ctx.out))
         planned = {s.run_id for s in specs}
-        todo = {s.run_id: s for s in specs}
-        result = take_finished(store, todo, on_done)
+        pending = {s.run_id: s for s in specs}
+        result = take_finished(store, pending, on_done)
         finished = set(result.done)
         ended: set[str] = set(finished)  # done or failed: late progress events for these are dropped
         unseen: dict[str, tuple[str, float]] = {}  # run id -> (node it ran on, deadline to appear here)
@@ -225,7 +225,7 @@ def run_ray(specs: list[RunSpec], ctx: RunContext, *, address: str | None = None
                           retry_exceptions=False)(_ray_task)
 
         def ready() -> list[RunSpec]:
-            return [s for s in todo.values()
+            return [s for s in pending.values()
                     if all(p in finished or (p not in planned and store.is_done(p)) for p in s.parents)]
 
         def drain() -> None:
@@ -253,15 +253,15 @@ def run_ray(specs: list[RunSpec], ctx: RunContext, *, address: str | None = None
             ended.add(rid)
             result.failed[rid] = err
 
-        if progress is not None and todo:
+        if progress is not None and pending:
             sink = ray.remote(num_cpus=0, max_restarts=0)(_ProgressSink).remote()
-        while todo or running or unseen:
-            for s in [s for s in todo.values() if any(p in result.failed or p in result.skipped
+        while pending or running or unseen:
+            for s in [s for s in pending.values() if any(p in result.failed or p in result.skipped
                                                        for p in s.parents)]:
                 result.skipped.append(s.run_id)
-                del todo[s.run_id]
+                del pending[s.run_id]
             for s in ready():
-                del todo[s.run_id]
+                del pending[s.run_id]
                 # The name shows in `ray list tasks` and in the worker's process title: ray::funclens:<id>
                 running[task.options(name=f"funclens:{s.run_id}").remote(s, ctx, sink)] = s.run_id
             if not running and not unseen:
@@ -311,5 +311,5 @@ def run_ray(specs: list[RunSpec], ctx: RunContext, *, address: str | None = None
         if initialised:
             # Stops the cluster this call started; from a cluster it joined, it only disconnects.
             ray.shutdown()
-    result.skipped += list(todo)
+    result.skipped += list(pending)
     return result
