@@ -109,6 +109,14 @@ def test_idx_header_declaring_an_absurd_size_is_refused_before_allocating(tmp_pa
         read_idx(p)
 
 
+def test_idx_header_with_a_zero_and_an_absurd_dimension_is_refused(tmp_path):
+    # found by the fuzz test: no data to read, yet a shape numpy cannot build
+    p = tmp_path / "odd"
+    p.write_bytes(struct.pack(">BBBBIIII", 0, 0, 0x08, 4, 0, 11, 0x12000000, 0xA57EB503))
+    with pytest.raises(DataError, match="limit"):
+        read_idx(p)
+
+
 def test_missing_data_offline_names_the_files_and_folder(tmp_path):
     with pytest.raises(DataError) as e:
         load_dataset("cifar100", tmp_path, offline=True)

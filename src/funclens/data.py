@@ -193,7 +193,9 @@ def read_idx(path: Path) -> np.ndarray:
                 raise DataError(f"{path}: truncated IDX header")
             dims = tuple(int(d) for d in np.frombuffer(dims_raw, ">u4"))
             nbytes = int(np.prod(dims, dtype=np.float64)) * dtype.itemsize
-            if nbytes > MAX_IDX_BYTES:
+            # A zero dimension makes the data empty but not the shape sane: (0, 11, 3e8) cannot be built.
+            span = float(np.prod([max(d, 1) for d in dims], dtype=np.float64)) * dtype.itemsize
+            if nbytes > MAX_IDX_BYTES or span > MAX_IDX_BYTES:
                 raise DataError(f"{path}: IDX header declares {nbytes} bytes, over the {MAX_IDX_BYTES}-byte limit")
             if not isinstance(f, gzip.GzipFile) and os.path.getsize(path) - 4 - 4 * head[3] < nbytes:
                 raise DataError(f"{path}: truncated IDX file (header declares {nbytes} bytes of data)")
