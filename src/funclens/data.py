@@ -173,10 +173,10 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dt
 
 
 def _open_maybe_gzip(path: Path) -> io.BufferedIOBase:
-    f = open(path, "rb")
-    magic = f.read(2)
-    f.seek(0)
-    return gzip.GzipFile(fileobj=f) if magic == b"\x1f\x8b" else f  # type: ignore[return-value]
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    # gzip.open owns its file, so closing the reader closes the file too (GzipFile(fileobj=) would not)
+    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")  # type: ignore[return-value]
 
 
 def read_idx(path: Path) -> np.ndarray:
