@@ -198,10 +198,6 @@ def run_id(spec: RunSpec) -> str:
     return f"{spec.kind}_{hashlib.sha256(canonical_json(spec).encode()).hexdigest()[:12]}"
 
 
-def _hint_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def from_dict(cls: type, data: Any) -> Any:
     """Plain JSON types -> dataclass tree of type ``cls``, validating every field."""
     origin = typing.get_origin(cls)
@@ -222,7 +218,7 @@ def from_dict(cls: type, data: Any) -> Any:
         return data
     if dataclasses.is_dataclass(cls):
         _check(isinstance(data, dict), f"{cls.__name__} must be a table, got {type(data).__name__}")
-        hints = _hint_types(cls)
+        hints = typing.get_type_hints(cls)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names - {"type"}
         _check(not unknown, f"unknown {cls.__name__} field(s): {', '.join(sorted(unknown))}")

@@ -68,10 +68,6 @@ def preload_dataset(cfg: DataCfg, ctx: RunContext) -> Dataset:
     return _DATA_CACHE[key]
 
 
-def _dataset(spec: RunSpec, ctx: RunContext) -> Dataset:
-    return preload_dataset(spec.data, ctx)
-
-
 def _load_model(store: Store, run_id: str, data: Dataset) -> torch.nn.Module:
     spec = store.load_spec(run_id)
     model = create_model(spec.model.arch, in_shape=data.in_shape, num_classes=data.num_classes)
@@ -94,7 +90,7 @@ def execute_run(spec: RunSpec, ctx: RunContext, progress: ProgressFn | None = No
         if not store.is_done(parent):
             raise RunFailed(f"run {rid} needs {parent}, which is not finished")
     store.begin(spec)
-    data = _dataset(spec, ctx)
+    data = preload_dataset(spec.data, ctx)
     device = torch.device(ctx.device)
     if spec.kind == "train":
         assert spec.train is not None

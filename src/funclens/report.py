@@ -230,9 +230,8 @@ def write_figures(sv: StudyView, summary: dict) -> list[Path]:
     atomic_write_text(paths.tables_dir(sv.out) / "landscape.csv", buf.getvalue())
     title = f"Functional landscape: {sv.study.model.arch} on {sv.study.data.dataset}"
     _save_fig(landscape.plot_landscape(coords, points, title=title), fdir / "landscape.png")
-    rows = [r for r in summary["rows"]]
     _save_fig(landscape.plot_accuracy_vs_distance(
-        rows, title=f"Accuracy deviation vs functional distance: {sv.study.model.arch} on {sv.study.data.dataset}"),
+        summary["rows"], title=f"Accuracy deviation vs functional distance: {sv.study.model.arch} on {sv.study.data.dataset}"),
         fdir / "accuracy_vs_distance.png")
     return [fdir / "landscape.png", fdir / "accuracy_vs_distance.png"]
 
@@ -243,7 +242,7 @@ def _ci(r: dict) -> str:
     return f"{r['rfd']:.2f} [{r['rfd_ci'][0]:.2f}, {r['rfd_ci'][1]:.2f}]"
 
 
-def verdict_sentences(summary: dict, sv: StudyView | None = None) -> list[str]:
+def verdict_sentences(summary: dict) -> list[str]:
     """One sentence per compressed setting, and the rules behind the verdicts."""
     m = summary["metric"]
     ref = summary["reference"]
@@ -331,7 +330,7 @@ def build_report(out: Path) -> Path:
              f"({summary['num_test']} test images, {summary['num_classes']} classes), base accuracy "
              f"{100 * summary['base']['accuracy']:.2f}%, distance '{summary['metric']}'. funclens {__version__}.")
     return write_documents(out, f"funclens report: {sv.study.name}", intro, acc_md, dist_md,
-                           verdict_sentences(summary, sv),
+                           verdict_sentences(summary),
                            [(figs[0], "Functional landscape (t-SNE of every checkpoint's test predictions; "
                                       "B base, I independent, D distilled, C control, Q quantized, P pruned)"),
                             (figs[1], "Accuracy deviation against RFD, one point per model")])
