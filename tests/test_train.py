@@ -108,3 +108,26 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(digits):
 def test_kd_loss_alpha_zero_is_cross_entropy_exactly():
     s, t, y = torch.randn(4, 10), torch.randn(4, 10), torch.tensor([1, 2, 3, 4])
     assert torch.equal(kd_loss(s, t, y, 0.0, 3.0), F.cross_entropy(s, y))
+
+
+def test_channels_last_changes_only_rounding(digits):
+    _, _, cl = collect(spec(seed=3), digits, channels_last=True)
+    _, _, nchw = collect(spec(seed=3), digits, channels_last=False)
+    for x, y in zip(cl, nchw):
+        assert np.abs(x.astype(np.float32) - y.astype(np.float32)).max() < 2e-3
+        assert (x.argmax(1) == y.argmax(1)).mean() > 0.99
+
+
+def test_students_of_one_teacher_share_one_computation_of_its_logits(tmp_path):
+    from funclens import execute
+    from funclens.store import Store
+
+    teacher = spec(epochs=1)
+    ctx = execute.RunContext(out=str(tmp_path))
+    execute.execute_run(teacher, ctx)
+    store = Store(tmp_path)
+    data = execute.preload_dataset(teacher.data, ctx)
+    first = execute._teacher_logits(store, teacher.run_id, teacher.data, data, ctx)
+    assert execute._teacher_logits(store, teacher.run_id, teacher.data, data, ctx) is first
+    fresh = infer(execute._load_model(store, teacher.run_id, data), data.train_x, data)
+    assert torch.equal(first, fresh)

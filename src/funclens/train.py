@@ -51,7 +51,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
 
 @torch.no_grad()
 def infer(model: nn.Module, x: torch.Tensor, data: Dataset, *, device: torch.device | str = "cpu",
-          batch_size: int = 1024, precision: str = "fp32", channels_last: bool = False) -> torch.Tensor:
+          batch_size: int | None = None, precision: str = "fp32", channels_last: bool = True) -> torch.Tensor:
     """Logits for every image of ``x`` (uint8 ``[N, C, H, W]``), in order, as float32 on the CPU.
 
     Args:
@@ -59,7 +59,13 @@ def infer(model: nn.Module, x: torch.Tensor, data: Dataset, *, device: torch.dev
         x: the images, e.g. ``data.test_x``.
         data: supplies the normalisation.
     """
+    if batch_size is None:
+        # On the CPU, batches past a few hundred images spill the caches: LeNet infers 2.2x faster
+        # in batches of 256 than of 1024 (one thread).
+        batch_size = 1024 if torch.device(device).type == "cuda" else 256
     model.eval()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)  # 4-D weights only; no-op for linear models
     out = []
     for i in range(0, len(x), batch_size):
         xb = data.normalize(x[i:i + batch_size].to(device))
@@ -81,10 +87,11 @@ def _rng_state(gen: torch.Generator) -> dict:
 
 
 def train(spec: RunSpec, data: Dataset, *, device: torch.device | str = "cpu",
-          init_state: dict | None = None, teacher: nn.Module | None = None, resume: dict | None = None,
+          init_state: dict | None = None, teacher: nn.Module | None = None,
+          teacher_logits: torch.Tensor | None = None, resume: dict | None = None,
           on_epoch: EpochHook | None = None, on_step: StepHook | None = None,
           on_init: Callable[[dict], None] | None = None, teacher_cache: bool = True,
-          channels_last: bool = False) -> tuple[nn.Module, list[dict]]:
+          channels_last: bool = True) -> tuple[nn.Module, list[dict]]:
     """Train ``spec``'s model and return it with its per-epoch history.
 
     Args:
@@ -92,6 +99,8 @@ def train(spec: RunSpec, data: Dataset, *, device: torch.device | str = "cpu",
         data: the in-memory data set.
         init_state: initial weights (a base-init student gets the base's); default: built from the seed.
         teacher: the teacher model (weights loaded) for a distillation run.
+        teacher_logits: instead of ``teacher``, its logits for every training image (from
+            :func:`infer`), e.g. computed once for several students.
         resume: a checkpoint dict given earlier to ``on_epoch``; training continues after its epoch.
         on_epoch: called after every epoch with (epoch, float16 softmax [N, C], metrics, checkpoint).
         on_step: called after every step with (epoch, step, steps per epoch), for progress bars.
@@ -120,12 +129,11 @@ def train(spec: RunSpec, data: Dataset, *, device: torch.device | str = "cpu",
     # The data order has its own generator, so model code that draws random numbers cannot shift it.
     gen = torch.Generator().manual_seed(cfg.seed)
 
-    teacher_logits = None
-    if dcfg is not None:
+    if dcfg is not None and teacher_logits is None:
         assert teacher is not None, "a distillation run needs its teacher"
         teacher.to(device).eval()
         if teacher_cache:
-            teacher_logits = infer(teacher, data.train_x, data, device=device)
+            teacher_logits = infer(teacher, data.train_x, data, device=device, channels_last=channels_last)
 
     history: list[dict] = []
     start_epoch = 1
@@ -187,9 +195,10 @@ def train(spec: RunSpec, data: Dataset, *, device: torch.device | str = "cpu",
     return model, history
 
 
-def evaluate(model: nn.Module, data: Dataset, device: torch.device | str = "cpu") -> tuple[np.ndarray, dict]:
+def evaluate(model: nn.Module, data: Dataset, device: torch.device | str = "cpu",
+             channels_last: bool = True) -> tuple[np.ndarray, dict]:
     """Softmax (float16) and accuracy/loss of a finished model on the test set."""
-    logits = infer(model, data.test_x, data, device=device)
+    logits = infer(model, data.test_x, data, device=device, channels_last=channels_last)
     probs = torch.softmax(logits, dim=1).numpy().astype(np.float16)
     return probs, {"test_acc": float((logits.argmax(1) == data.test_y).float().mean()),
                    "test_loss": float(F.cross_entropy(logits, data.test_y))}
