@@ -1,5 +1,6 @@
 import json
 import multiprocessing as mp
+import os
 
 import numpy as np
 import pytest
@@ -90,3 +91,23 @@ def test_a_second_holder_is_refused_naming_the_first(tmp_path):
         p.join(30)
     with Store(tmp_path).lock():  # released when the holder ends
         pass
+
+
+def test_a_forked_child_does_not_keep_the_store_locked(tmp_path):
+    # The local executor forks its workers inside the lock; one that outlives its study must not
+    # hold the lock against the restarted study.
+    go_r, go_w = os.pipe()
+    up_r, up_w = os.pipe()
+    with Store(tmp_path).lock():
+        pid = os.fork()
+        if pid == 0:  # the child: say it runs (fork handlers done), wait until told, leave without cleanup
+            os.write(up_w, b"u")
+            os.read(go_r, 1)
+            os._exit(0)
+        assert os.read(up_r, 1) == b"u"
+    try:
+        with Store(tmp_path).lock():  # the parent left the lock; the live child holds no copy
+            pass
+    finally:
+        os.write(go_w, b"x")
+        os.waitpid(pid, 0)

@@ -284,6 +284,7 @@ class Store:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise StoreError(f"cannot create lock {path}: {e.strerror or e}") from None
+        _HELD_LOCKS.add(fd)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -296,7 +297,23 @@ class Store:
             os.pwrite(fd, f"funclens pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
             yield
         finally:
+            _HELD_LOCKS.discard(fd)
             os.close(fd)  # closing releases the flock
+
+
+_HELD_LOCKS: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    # A flock lasts while any copy of its descriptor is open: a forked worker that outlived its
+    # killed study would otherwise keep the store locked against the restarted one.
+    for fd in _HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 def _cpu_state(state_dict: dict) -> dict:
