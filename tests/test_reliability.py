@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import run_cli
+from conftest import SMALL_STUDY, run_cli
 
 
 def study_cmd(toml: Path, out: Path, *extra: str) -> list[str]:
@@ -22,15 +22,29 @@ def durable_files(out: Path) -> dict[str, bytes]:
             if p.is_file() and p.name not in ("metrics.json", "DONE") and not p.name.startswith(".")}
 
 
-def test_soak_ten_random_sigkills_then_identical_store(tmp_path, small_study, small_ref):
-    ref = small_ref
+def _files(out: Path) -> int:
+    return sum(1 for _ in (out / "runs").rglob("*")) if (out / "runs").is_dir() else 0
+
+
+def test_soak_ten_random_sigkills_then_identical_store(tmp_path):
+    # The small study with four times the epochs, so that ten kills fit into its work.
+    soak = tmp_path / "soak.toml"
+    soak.write_text(SMALL_STUDY.replace("epochs = 3", "epochs = 12"))
+    ref = tmp_path / "ref"
+    r = run_cli("study", str(soak), "--out", str(ref), "--no-report", "--jobs", "1")
+    assert r.returncode == 0, r.stderr
     out = tmp_path / "soak"
     rng = random.Random(1234)
     kills = 0
     while kills < 10:
-        proc = subprocess.Popen(study_cmd(small_study, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        proc = subprocess.Popen(study_cmd(soak, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
-        time.sleep(rng.uniform(1.0, 7.0))
+        # Kill at a random moment once this attempt has written something: start-up (imports) is
+        # most of a short attempt, and a kill there would test nothing.
+        before, deadline = _files(out), time.monotonic() + 120
+        while proc.poll() is None and _files(out) == before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.5))
         if proc.poll() is not None:
             break  # finished before this kill: the store is complete
         # Alternate: kill the whole process group, or only the study (its workers are then orphans
@@ -42,7 +56,7 @@ def test_soak_ten_random_sigkills_then_identical_store(tmp_path, small_study, sm
         proc.wait()
         kills += 1
     assert kills >= 5, "the study finished before enough kills: the test no longer tests anything"
-    r = run_cli("study", str(small_study), "--out", str(out), "--no-report")
+    r = run_cli("study", str(soak), "--out", str(out), "--no-report")
     assert r.returncode == 0, r.stderr
     assert durable_files(out) == durable_files(ref)
     assert run_cli("verify", str(out)).returncode == 0

@@ -52,8 +52,10 @@ def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int = 1, executor: str 
     with store.lock(wait=wait):
         write_study_file(store, study, planned)
         specs = [p.spec for p in planned]
+        # No refresh thread: the local executor forks its workers, and a thread caught holding the
+        # terminal's lock at that moment would leave it locked in every worker. Bars redraw on events.
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console) as bar:
+                      console=console, auto_refresh=False) as bar:
             total = bar.add_task(f"{study.name}: runs", total=len(specs))
             tasks: dict[str, int] = {}
             tasks_done: set[str] = set()
@@ -66,7 +68,8 @@ def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int = 1, executor: str 
                     label = f"  {p.role} {p.setting}" if p else f"  {rid}"
                     tasks[rid] = bar.add_task(label, total=epochs * steps)
                 bar.update(tasks[rid], completed=(epoch - 1) * steps + step,
-                           description=f"  {p.role if p else rid} {p.setting if p else ''} epoch {epoch}/{epochs}")
+                           description=f"  {p.role if p else rid} {p.setting if p else ''} epoch {epoch}/{epochs}",
+                           refresh=True)
 
             def on_done(rid: str) -> None:
                 bar.advance(total)
@@ -77,6 +80,7 @@ def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int = 1, executor: str 
                 tasks_done.add(rid)
                 if rid in tasks:
                     bar.remove_task(tasks.pop(rid))
+                bar.refresh()
 
             if executor == "ray":
                 from funclens.execute_ray import run_ray
