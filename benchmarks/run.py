@@ -51,7 +51,11 @@ import torch
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
-FULL_RUN_TIME = REPO / "results" / "paper-mnist.time"  # seconds of the real full run, written by whoever ran it
+# Full studies whose real wall time is set beside their FLOP count: (preset, arch, input shape, classes, the
+# study's folder). Whoever runs one writes its wall seconds to <folder>.time (first word); the study's own files give
+# the image counts and the commit that ran it.
+FULL_STUDIES = (("paper-mnist", "lenet", (1, 28, 28), 10, REPO / "results" / "paper-mnist"),
+                ("paper-cifar10", "lenet", (3, 32, 32), 10, REPO / "results" / "paper-cifar10-lenet"))
 GIB = 1 << 30
 MIB = 1 << 20
 
@@ -443,39 +447,58 @@ def analysis_bench(sz: Sizes) -> dict[str, Any]:
 # ---------------------------------------------------------------- full paper-mnist
 
 
-def full_estimate(flops: dict, ceiling: dict, data_dir: Path) -> dict[str, Any]:
-    """FLOPs of the full paper-mnist study as funclens plans it, and its time at 100% of the ceiling."""
-    import baseline as bl
+def _base_metrics(folder: Path) -> dict | None:
+    """metrics.json of the base run of the study in ``folder``, or None if it has not run there."""
+    try:
+        runs = json.loads((folder / "study.json").read_text())["runs"]
+        base = next(r["run"] for r in runs if r["role"] == "base")
+        return json.loads((folder / "runs" / base / "metrics.json").read_text())
+    except (OSError, ValueError, KeyError, StopIteration):
+        return None
+
+
+def full_estimate(ceiling: dict) -> list[dict[str, Any]]:
+    """FLOPs of each full study in FULL_STUDIES as funclens plans it, its time at 100% of the ceiling, and
+    the real run's wall time where it ran here."""
     from funclens.config import preset_study
-    from funclens.data import read_idx
     from funclens.plan import plan
 
-    study = preset_study("paper-mnist")
-    planned = plan(study)
-    trainings = [p for p in planned if p.spec.kind == "train"]
-    students = [p for p in trainings if p.spec.distill is not None]
-    posthoc = [p for p in planned if p.spec.kind != "train"]
-    folder = Path(data_dir) / "mnist"
-    n_train = len(read_idx(bl.idx_path(folder, "train-labels-idx1-ubyte")))
-    n_test = len(read_idx(bl.idx_path(folder, "t10k-labels-idx1-ubyte")))
-    e = study.train.epochs
-    parts = {
-        "training": len(trainings) * e * n_train * flops["train"],
-        "test evaluation after every epoch": len(trainings) * e * n_test * flops["forward"],
-        # funclens runs the teacher over the training set once per student (its teacher cache)
-        "teacher logits, once per student": len(students) * n_train * flops["forward"],
-        "post-hoc models' evaluation": len(posthoc) * n_test * flops["forward"],
-    }
-    total = sum(parts.values())
-    wall = None
-    if FULL_RUN_TIME.is_file():
-        try:
-            wall = float(FULL_RUN_TIME.read_text().split()[0])
-        except (ValueError, IndexError):
-            wall = None
-    return {"trainings": len(trainings), "students": len(students), "posthoc": len(posthoc), "epochs": e,
-            "n_train": n_train, "n_test": n_test, "parts": parts, "total": total,
-            "limit_s": total / (ceiling["fp32_all"] * 1e9), "wall_s": wall}
+    out = []
+    for preset, arch, in_shape, classes, folder in FULL_STUDIES:
+        study = preset_study(preset, arch)
+        planned = plan(study)
+        trainings = [p for p in planned if p.spec.kind == "train"]
+        students = [p for p in trainings if p.spec.distill is not None]
+        teachers = {p.spec.distill.teacher for p in students}
+        posthoc = [p for p in planned if p.spec.kind != "train"]
+        base = _base_metrics(folder)
+        time_file = folder.with_suffix(".time")
+        row: dict[str, Any] = {"preset": preset, "arch": arch, "folder": folder.relative_to(REPO),
+                               "trainings": len(trainings), "students": len(students), "teachers": len(teachers),
+                               "posthoc": len(posthoc), "epochs": study.train.epochs, "wall_s": None}
+        if base is None:
+            out.append(row)
+            continue
+        fl = lenet_flops(in_shape, classes)
+        n_train, n_test, e = int(base["train_images"]), int(base["test_images"]), study.train.epochs
+        parts = {
+            "training": len(trainings) * e * n_train * fl["train"],
+            "test evaluation after every epoch": len(trainings) * e * n_test * fl["forward"],
+            # the least possible: each teacher's logits over the training set once (funclens: once per
+            # worker process and teacher)
+            "teacher logits, once per teacher": len(teachers) * n_train * fl["forward"],
+            "post-hoc models' evaluation": len(posthoc) * n_test * fl["forward"],
+        }
+        total = sum(parts.values())
+        if time_file.is_file():
+            try:
+                row["wall_s"] = float(time_file.read_text().split()[0])
+            except (ValueError, IndexError):
+                pass
+        row.update(n_train=n_train, n_test=n_test, parts=parts, total=total,
+                   limit_s=total / (ceiling["fp32_all"] * 1e9), commit=base.get("git_commit") or "unknown")
+        out.append(row)
+    return out
 
 
 # ---------------------------------------------------------------- RESULTS.md
@@ -549,10 +572,13 @@ def write_results(path: Path, *, info: dict, command: str, quick: bool, load: di
       f"{a_full['times']['total']:.2f} s | {_met(a_full['times']['total'] < TARGET_ANALYSIS_S)} |")
     w(f"| ... with peak memory < {TARGET_ANALYSIS_GIB:.0f} GiB | {a_full['peak'] / GIB:.2f} GiB total peak RSS "
       f"(input {a_full['input_bytes'] / GIB:.2f} GiB) | {_met(a_full['peak'] < TARGET_ANALYSIS_GIB * GIB)} |")
-    wall = "not measured in this run" if full["wall_s"] is None else _fmt_s(full["wall_s"])
-    pct = "" if full["wall_s"] is None else f" ({100 * full['limit_s'] / full['wall_s']:.1f}% of the ceiling)"
-    w(f"| full paper-mnist wall time beside the FLOP limit | {wall} vs {_fmt_s(full['limit_s'])} at 100% of the "
-      f"ceiling{pct} | - |")
+    pm = full[0]
+    if pm.get("wall_s") is None:
+        w("| full paper-mnist wall time beside the FLOP limit | not run here (no results/paper-mnist.time) | - |")
+    else:
+        w(f"| full paper-mnist wall time beside the FLOP limit | {_fmt_s(pm['wall_s'])} (commit "
+          f"{pm['commit'][:7]}) vs {_fmt_s(pm['limit_s'])} at 100% of the ceiling "
+          f"({100 * pm['limit_s'] / pm['wall_s']:.1f}% of the ceiling); see section 5 | - |")
     w("")
 
     w("## 1. Compute ceiling")
@@ -589,14 +615,15 @@ def write_results(path: Path, *, info: dict, command: str, quick: bool, load: di
       "checkpoint.")
     w("")
     w(f"- **funclens**: `funclens.study.run_study(StudyCfg, RunContext(out=<fresh temp folder>, offline=True), "
-      f"jobs={e2e['jobs']}, report=True)`: its local executor, {e2e['jobs']} single-thread worker processes, "
-      "the report (summary, tables, landscape, HTML) included.")
+      f"jobs={e2e['jobs']}, report=True)`: its local executor, {e2e['jobs']} forked single-thread worker "
+      "processes, default settings (channels-last, cached teacher logits), the report (summary, tables, "
+      "landscape, HTML) included.")
     w(f"- **baseline**: `benchmarks/baseline.py`'s `run_pipeline`, one step after another in this process with "
       f"torch's default {info['torch_threads']} threads: per-item PIL Dataset + torchvision transforms + "
       "DataLoader, teacher forward at every step, np.save per epoch, Python loop over pairs, t-SNE of raw "
       "vectors.")
-    w("- Both read the same canonical IDX files with `funclens.data.read_idx`; reading is not what is "
-      "measured (about a second; funclens reads once in the parent and once per worker, and pays for that).")
+    w("- Both read the same canonical IDX files with `funclens.data.read_idx`, inside the measured time "
+      "(a fraction of a second; funclens reads once, in the parent, whose forked workers inherit the arrays).")
     w("- Run interleaved in this one process: " + ", ".join(["baseline, funclens"] * len(fl)) + ".")
     w("")
     w("| | " + " | ".join(f"baseline {i + 1}" for i in range(len(bl))) + " | "
@@ -685,7 +712,7 @@ def write_results(path: Path, *, info: dict, command: str, quick: bool, load: di
     w(f"On {a_small['m']} checkpoints, funclens's `pairwise(preds, \"js\")` (the baseline's metric) took "
       f"{a_small['times']['js']:.2f} s.")
     w("")
-    w(f"**baseline**, on float32 arrays (what its files hold): disagreement and JS per pair in a Python loop "
+    w("**baseline**, on float32 arrays (what its files hold): disagreement and JS per pair in a Python loop "
       "over pairs, then `sklearn.manifold.TSNE` on the raw flattened vectors.")
     w("")
     tp_, tt_ = a_plain["times"], analysis["plain_tsne"]["times"]
@@ -707,24 +734,33 @@ def write_results(path: Path, *, info: dict, command: str, quick: bool, load: di
       f"checkpoints, {a_plain['times']['total'] / a_small['times']['total']:.1f}x.")
     w("")
 
-    w("## 5. The full paper-mnist study")
+    w("## 5. Full studies: wall time beside the FLOP limit")
     w("")
-    w(f"As funclens plans `--preset paper-mnist`: {full['trainings']} trainings (3 seeds, "
-      f"{full['students']} students including the control) x {full['epochs']} epochs x {full['n_train']:,} "
-      f"images, test evaluation of {full['n_test']:,} images after every epoch, and {full['posthoc']} post-hoc "
-      "models.")
+    w("Each full study as funclens plans it (3 seeds, 9 students and a control, 16/8-bit, 5 pruning amounts, "
+      "25 epochs on every training image, test evaluation after every epoch), its FLOPs counted as in "
+      f"section 3, the time that work takes at 100% of the ceiling measured above ({ceiling['fp32_all']:.1f} "
+      "GFLOP/s), and the real run's wall time on this machine, read from `<folder>.time` (written by the "
+      "command that ran it); the study's own files give the image counts and the commit that ran it.")
     w("")
-    w("| work | FLOPs |")
-    w("|---|---|")
-    for name, v in full["parts"].items():
-        w(f"| {name} | {v:.3e} |")
-    w(f"| **total** | **{full['total']:.3e}** |")
+    w("| study | trainings | post-hoc | training | test evaluation | teacher logits (once per teacher) | "
+      "post-hoc evaluation | total FLOPs | at 100% of the ceiling | measured wall time | % of the ceiling | "
+      "commit |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in full:
+        name = f"`--preset {r['preset']}" + (f" --arch {r['arch']}`" if r["preset"] != "paper-mnist" else "`")
+        if "parts" not in r:
+            w(f"| {name} | {r['trainings']} | {r['posthoc']} | not run here (no `{r['folder']}`) |"
+              + " |" * 8)
+            continue
+        p = list(r["parts"].values())
+        wall = "not recorded" if r["wall_s"] is None else f"**{_fmt_s(r['wall_s'])}**"
+        pct = "" if r["wall_s"] is None else f"{100 * r['limit_s'] / r['wall_s']:.1f}%"
+        w(f"| {name} | {r['trainings']} | {r['posthoc']} | " + " | ".join(f"{v:.3e}" for v in p)
+          + f" | {r['total']:.3e} | {_fmt_s(r['limit_s'])} | {wall} | {pct} | {r['commit'][:7]} |")
     w("")
-    w(f"At 100% of the measured ceiling ({ceiling['fp32_all']:.1f} GFLOP/s) that is **{_fmt_s(full['limit_s'])}**. "
-      + ("The real run's wall time: not measured in this run (no `results/paper-mnist.time`)."
-         if full["wall_s"] is None else
-         f"The real run took **{_fmt_s(full['wall_s'])}** (from `results/paper-mnist.time`): "
-         f"{100 * full['limit_s'] / full['wall_s']:.1f}% of the ceiling over the whole study."))
+    w("A full run takes an hour or more of both cores, so this command does not repeat them: each row's wall "
+      "time is from its commit, which may predate the code measured in sections 2 and 3. Compare the commit "
+      "with the one at the top of this file.")
     w("")
     text = "\n".join(L)
     path.write_text(text)
@@ -772,7 +808,7 @@ def main() -> None:
     last = measure_ceiling(sz)
     log_ceiling("ceiling at the end", last)
     ceiling = combine_ceilings(first, last)
-    full = full_estimate(flops, ceiling, a.data_dir)
+    full = full_estimate(ceiling)
     load["end"] = os.getloadavg()[0]
     text = write_results(output, info=info, command=command, quick=a.quick, load=load, ceiling=ceiling,
                          flops=flops, e2e=e2e, analysis=analysis, full=full)
