@@ -57,3 +57,16 @@ def test_a_damaged_finished_run_is_recomputed_identically(tmp_path, small_study,
     assert run_cli("verify", str(out)).returncode == 2
     assert run_cli("study", str(small_study), "--out", str(out), "--no-report").returncode == 0
     assert pred_files(out) == before
+
+
+def test_spawned_workers_give_the_forked_workers_bytes(tmp_path, small_study, small_ref):
+    # CUDA runs spawn their workers (CUDA does not survive a fork); on the CPU they fork. Same bytes.
+    from funclens.config import load_study_toml
+    from funclens.execute import RunContext, run_local
+    from funclens.plan import plan
+
+    study = load_study_toml(small_study)
+    out = tmp_path / "spawned"
+    result = run_local([p.spec for p in plan(study)], RunContext(out=str(out)), jobs=2, start_method="spawn")
+    assert not result.failed and not result.skipped
+    assert pred_files(out) == pred_files(small_ref)

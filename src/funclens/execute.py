@@ -226,8 +226,11 @@ def take_finished(store: Store, pending: dict[str, RunSpec], on_done: Callable[[
 
 
 def run_local(specs: list[RunSpec], ctx: RunContext, *, jobs: int = 1,
-              progress: ProgressFn | None = None, on_done: Callable[[str], None] | None = None) -> ExecResult:
+              progress: ProgressFn | None = None, on_done: Callable[[str], None] | None = None,
+              start_method: str | None = None) -> ExecResult:
     """Run ``specs`` (parents first) on this machine, up to ``jobs`` at once.
+
+    ``start_method`` of the worker processes: default ``fork`` on the CPU, ``spawn`` on CUDA.
 
     A run starts once its parents are DONE; a failed run's descendants are skipped, other runs go on.
     """
@@ -272,7 +275,7 @@ def run_local(specs: list[RunSpec], ctx: RunContext, *, jobs: int = 1,
     # Forked workers start at once, sharing this process's imports and loaded data set; spawned ones
     # spent 3.5 s each re-importing torch, building a first optimizer and re-reading the data, a
     # tenth of a short study. CUDA does not survive a fork, so GPU runs spawn.
-    method = "fork" if ctx.device == "cpu" else "spawn"
+    method = start_method or ("fork" if ctx.device == "cpu" else "spawn")
     if method == "fork":
         _prepare_fork(specs, ctx)
     mpctx = mp.get_context(method)
