@@ -46,3 +46,19 @@ def test_report_over_a_folder_of_studies_writes_a_combined_report(tmp_path):
     combined = json.loads((parent / "summary.json").read_text())
     assert [s["arch"] for s in combined["studies"]] == ["lenet", "mobilenet_v1"]
     assert (parent / "report.html").read_text().count("data:image/png;base64,") == 4
+
+
+def test_the_reproduction_study_files_are_the_paper_grid_reduced_and_say_so():
+    from pathlib import Path
+
+    from funclens.config import load_study_toml, preset_study
+
+    files = sorted((Path(__file__).resolve().parents[1] / "docs" / "studies").glob("*.toml"))
+    assert files
+    for f in files:
+        s = load_study_toml(f)
+        full = preset_study("paper-cifar10", s.model.arch)
+        # Only epochs and the data subset differ from the paper's study; the grid is the paper's.
+        assert (s.seeds, s.distill, s.quantize, s.prune) == (full.seeds, full.distill, full.quantize, full.prune)
+        assert s.train.epochs < full.train.epochs
+        assert "reduc" in f.read_text().lower()  # labelled as a reduction in the file itself
