@@ -447,21 +447,12 @@ def analysis_bench(sz: Sizes) -> dict[str, Any]:
 # ---------------------------------------------------------------- full paper-mnist
 
 
-def _base_metrics(folder: Path) -> dict | None:
-    """metrics.json of the base run of the study in ``folder``, or None if it has not run there."""
-    try:
-        runs = json.loads((folder / "study.json").read_text())["runs"]
-        base = next(r["run"] for r in runs if r["role"] == "base")
-        return json.loads((folder / "runs" / base / "metrics.json").read_text())
-    except (OSError, ValueError, KeyError, StopIteration):
-        return None
-
-
 def full_estimate(ceiling: dict) -> list[dict[str, Any]]:
     """FLOPs of each full study in FULL_STUDIES as funclens plans it, its time at 100% of the ceiling, and
     the real run's wall time where it ran here."""
     from funclens.config import preset_study
     from funclens.plan import plan
+    from funclens.store import Store
 
     out = []
     for preset, arch, in_shape, classes, folder in FULL_STUDIES:
@@ -471,7 +462,9 @@ def full_estimate(ceiling: dict) -> list[dict[str, Any]]:
         students = [p for p in trainings if p.spec.distill is not None]
         teachers = {p.spec.distill.teacher for p in students}
         posthoc = [p for p in planned if p.spec.kind != "train"]
-        base = _base_metrics(folder)
+        base_id = next(p.run_id for p in planned if p.role == "base")
+        store = Store(folder)
+        base = store.load_metrics(base_id) if store.is_done(base_id) else None
         time_file = folder.with_suffix(".time")
         row: dict[str, Any] = {"preset": preset, "arch": arch, "folder": folder.relative_to(REPO),
                                "trainings": len(trainings), "students": len(students), "teachers": len(teachers),

@@ -140,7 +140,7 @@ def execute_run(spec: RunSpec, ctx: RunContext, progress: ProgressFn | None = No
         model, history = train(spec, data, device=device, init_state=init_state, teacher=teacher,
                                teacher_logits=teacher_logits, resume=resume, on_epoch=on_epoch,
                                on_step=on_step, on_init=lambda sd: store.save_init(rid, sd),
-                               channels_last=ctx.channels_last)
+                               teacher_cache=ctx.teacher_cache, channels_last=ctx.channels_last)
         final = history[-1]
         store.finish(rid, state_dict=model.state_dict(), metrics={
             "test_acc": final["test_acc"], "test_loss": final["test_loss"], "history": history,
@@ -190,9 +190,6 @@ def _worker_run(spec: RunSpec, ctx: RunContext) -> tuple[str, str | None]:
     last = [0.0]
 
     def progress(rid: str, epoch: int, epochs: int, step: int, steps: int) -> None:
-        # An orphaned worker (its study was killed) stops at once rather than race a restarted study.
-        if os.getppid() != _PARENT_PID:
-            os._exit(1)
         now = time.monotonic()
         if step == steps or now - last[0] > 0.2:
             last[0] = now

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter
 
 from funclens.config import FunclensError
 from funclens.metrics import INDEPENDENT_ABOVE, PRESERVE_BELOW, Preds, sqrt_gram
