@@ -324,7 +324,7 @@ def preset_study(name: str, arch: str | None = None) -> StudyCfg:
     _check(archs is not None, f"unknown preset {name!r}; known: {', '.join(PRESET_ARCHS)}")
     arch = arch or archs[0]
     if name == "quick":
-        # 8x8 digits: small enough that the whole default study runs in about a minute on 2 cores.
+        # 8x8 digits: small enough that the whole default study runs in seconds on 2 cores.
         return StudyCfg(name="quick", data=DataCfg("digits"), model=ModelCfg(arch),
                         train=TrainCfg(epochs=12, lr=0.02))
     dataset = {"paper-mnist": "mnist", "paper-cifar10": "cifar10", "paper-cifar100": "cifar100",
