@@ -24,13 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-
-class FunclensError(Exception):
-    """Bad input: the CLI prints it as one line and exits 2."""
-
-
-class ConfigError(FunclensError):
-    """A config value is missing, of the wrong type or out of range."""
+from funclens.errors import ConfigError, FunclensError  # noqa: F401  (re-exported)
 
 
 def _check(ok: bool, msg: str) -> None:

@@ -29,11 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from funclens.config import DATASETS, DataCfg, FunclensError
-
-
-class DataError(FunclensError):
-    """A data set is missing, damaged, or not in its canonical format."""
+from funclens.config import DATASETS, DataCfg
+from funclens.errors import DataError
 
 
 DEBIAN_DATASETS = Path("/usr/share/datasets")

@@ -37,7 +37,7 @@ from typing import Union
 import numpy as np
 import torch
 
-from funclens.config import FunclensError
+from funclens.errors import MetricsError
 
 METRICS = ("disagreement", "js", "kl", "tv", "hellinger")
 
@@ -63,10 +63,6 @@ _PAIR_ELEMS = 1 << 18       # one [bi, bj, n, C] block of pair temporaries: 1 Mi
 _BOOT_ELEMS = 1 << 21       # one [b, N] block of bootstrap counts: 16 MiB in float64
 
 Preds = Union[np.ndarray, Sequence[np.ndarray]]
-
-
-class MetricsError(FunclensError):
-    """Predictions that cannot be compared: wrong shape, non-finite values, unknown metric."""
 
 
 # ---------------------------------------------------------------------------------------------------------------

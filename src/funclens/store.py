@@ -28,11 +28,8 @@ import numpy as np
 import torch
 
 from funclens import __version__, paths
-from funclens.config import FunclensError, RunSpec, canonical_json, from_dict, to_dict
-
-
-class StoreError(FunclensError):
-    """A run folder is missing, damaged, or cannot be written."""
+from funclens.config import RunSpec, canonical_json, from_dict, to_dict
+from funclens.errors import StoreError
 
 
 def _git_commit() -> str | None:

@@ -13,6 +13,8 @@ from typing import Callable
 
 import torch.nn as nn
 
+from funclens.errors import ConfigError
+
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -35,8 +37,6 @@ def create_model(name: str, *, in_shape: tuple[int, int, int], num_classes: int)
         num_classes: number of logits.
     """
     if name not in _REGISTRY:
-        from funclens.config import ConfigError
-
         raise ConfigError(f"unknown arch {name!r}; known: {', '.join(list_models())}")
     return _REGISTRY[name](in_shape=tuple(in_shape), num_classes=num_classes)
 
