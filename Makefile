@@ -23,7 +23,9 @@ install: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(BIN)/funclens study --preset quick --out results/quick --offline
 
+# Python test extras, then the Debian packages and data sets the suite reads (scripts/test-setup.sh), then the suite.
 test: $(VENV)/.installed-test
+	scripts/test-setup.sh $(BIN)/python
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed

@@ -10,8 +10,22 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# The canonical MNIST and CIFAR-10 files sit in shared/data beside the checkout (see its SOURCES.md).
-SHARED_DATA = Path(os.environ.get("FUNCLENS_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def _shared_data() -> Path:
+    """Canonical MNIST and CIFAR-10: shared/data beside the checkout where it exists (see its SOURCES.md),
+    else funclens's data cache, where `make test` downloads them (scripts/test-setup.sh)."""
+    if os.environ.get("FUNCLENS_SHARED_DATA"):
+        return Path(os.environ["FUNCLENS_SHARED_DATA"])
+    beside = REPO.parent / "shared" / "data"
+    if beside.is_dir():
+        return beside
+    from funclens.data import default_data_dir
+
+    return default_data_dir()
+
+
+SHARED_DATA = _shared_data()
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
