@@ -40,9 +40,11 @@ def _measured_here(study, preset: str, folder: str, date: str) -> dict[str, Any]
 
     path = REPO / folder
     time_file = path.with_suffix(".time")
+    if not time_file.is_file():
+        return None
     base_id = next(p.run_id for p in plan(study) if p.role == "base")
     store = Store(path)
-    if not time_file.is_file() or not store.is_done(base_id):
+    if not store.is_done(base_id):
         return None
     try:
         wall_s = float(time_file.read_text().split()[0])

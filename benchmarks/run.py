@@ -93,9 +93,16 @@ def main() -> None:
             ap.error("--repeats must be >= 1")
         sz = dataclasses.replace(sz, repeats=a.repeats)
     output = a.output or BENCH_DIR / ("RESULTS-quick.md" if a.quick else "RESULTS.md")
+    from funclens.errors import FunclensError
+
+    try:
+        measured = measure(sz, a.data_dir, a.jobs)
+    except FunclensError as e:  # missing data, say: the user's to fix, so one line and exit 2
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     results: dict[str, Any] = {"format": 1, "quick": a.quick,
                                "command": shlex.join([".venv/bin/python", "benchmarks/run.py", *sys.argv[1:]]),
-                               **measure(sz, a.data_dir, a.jobs)}
+                               **measured}
     results["targets"] = targets(results)
     json_path = output.with_suffix(".json")
     json_path.write_text(json.dumps(results, indent=1) + "\n")
