@@ -16,8 +16,8 @@ DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
 MIB = 1 << 20
 GIB = 1 << 30
 
-# The targets the measurements are held to: (key, what must hold, threshold). The key names the measured
-# value in RESULTS.json's "targets" list; run.py decides "met" from these, render.py only words them.
+# The targets the measurements are held to; run.py decides from these whether each is met and records both
+# in RESULTS.json's "targets", and render.py only words them.
 TARGET_TRAIN_PCT = 50.0  # LeNet training, % of the measured fp32 ceiling, averaged over a study
 TARGET_SPEEDUP = 2.5  # reduced paper-mnist end to end, baseline time / funclens time
 TARGET_ANALYSIS_S = 20.0  # 300 x 10,000 x 100: all pairwise distances + landscape, seconds

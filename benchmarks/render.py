@@ -20,7 +20,7 @@ from common import GIB, MIB  # noqa: E402
 from funclens.errors import FunclensError  # noqa: E402
 
 FORMAT = 1  # RESULTS.json's layout; render refuses any other
-SECTIONS = ("Targets of the issue", "1. Compute ceiling", "2. Reduced paper-mnist, end to end",
+SECTIONS = ("Targets", "1. Compute ceiling", "2. Reduced paper-mnist, end to end",
             "3. Training throughput", "4. Analysis of a CIFAR-100-sized study",
             "5. Full studies: wall time beside the FLOP limit")
 
