@@ -272,17 +272,16 @@ def bootstrap_rfd(base: np.ndarray, members: list[np.ndarray], indeps: list[np.n
     return [float(v) for v in np.nanpercentile(ratios, [2.5, 97.5])]
 
 
-def analyse(runs: list[dict], labels: np.ndarray, out_dir: Path, n_boot: int) -> dict:
-    """Tables, pairwise matrices, landscape figure and summary of a finished set of runs.
+def compare_rows(final: dict[str, np.ndarray], runs: list[dict], labels: np.ndarray, n_boot: int
+                 ) -> tuple[float, float, list[dict]]:
+    """The base's accuracy, the independents' mean disagreement with it, and one row per (role, setting).
 
     Args:
-        runs: dicts with ``name``, ``role`` (base, independent, student, quantize, prune), ``setting`` and
-            ``files`` (the run's prediction files, last one final).
+        final: each run's final test softmax by name.
+        runs: as :func:`analyse`'s.
         labels: test labels.
-        out_dir: where ``summary.json``, ``table.csv``, ``pairwise.npz`` and ``landscape.png`` go.
         n_boot: bootstrap samples per row.
     """
-    final = {r["name"]: np.load(r["files"][-1]) for r in runs}
     base_run = next(r for r in runs if r["role"] == "base")
     base = final[base_run["name"]]
     base_acc = float((base.argmax(1) == labels).mean())
@@ -304,13 +303,11 @@ def analyse(runs: list[dict], labels: np.ndarray, out_dir: Path, n_boot: int) ->
                      "tv": float(np.mean([total_variation(base, m) for m in members])),
                      "rfd": d / reference if reference > 0 else math.nan,
                      "rfd_ci": bootstrap_rfd(base, members, indeps, n_boot, seed=k)})
+    return base_acc, reference, rows
 
-    # every checkpoint: each epoch of every training run, and every post-hoc model
-    points = [(r, f) for r in runs for f in r["files"]]
-    preds = [np.load(f) for _, f in points]
-    dis, js = pairwise_loop(preds)
-    coords = tsne_raw(preds)
 
+def landscape_figure(roles: list[str], coords: np.ndarray, path: Path) -> None:
+    """A scatter of the t-SNE coordinates, one colour per role, saved to ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -320,11 +317,32 @@ def analyse(runs: list[dict], labels: np.ndarray, out_dir: Path, n_boot: int) ->
     colours = {"base": "black", "independent": "tab:blue", "student": "tab:green", "quantize": "tab:red",
                "prune": "tab:purple"}
     for role, colour in colours.items():
-        idx = [i for i, (r, _) in enumerate(points) if r["role"] == role]
+        idx = [i for i, r in enumerate(roles) if r == role]
         ax.scatter(coords[idx, 0], coords[idx, 1], c=colour, label=role, s=15)
     ax.legend()
-    fig.savefig(out_dir / "landscape.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def analyse(runs: list[dict], labels: np.ndarray, out_dir: Path, n_boot: int) -> dict:
+    """Tables, pairwise matrices, landscape figure and summary of a finished set of runs.
+
+    Args:
+        runs: dicts with ``name``, ``role`` (base, independent, student, quantize, prune), ``setting`` and
+            ``files`` (the run's prediction files, last one final).
+        labels: test labels.
+        out_dir: where ``summary.json``, ``table.csv``, ``pairwise.npz`` and ``landscape.png`` go.
+        n_boot: bootstrap samples per row.
+    """
+    final = {r["name"]: np.load(r["files"][-1]) for r in runs}
+    base_acc, reference, rows = compare_rows(final, runs, labels, n_boot)
+
+    # every checkpoint: each epoch of every training run, and every post-hoc model
+    points = [(r, f) for r in runs for f in r["files"]]
+    preds = [np.load(f) for _, f in points]
+    dis, js = pairwise_loop(preds)
+    coords = tsne_raw(preds)
+    landscape_figure([r["role"] for r, _ in points], coords, out_dir / "landscape.png")
 
     np.savez(out_dir / "pairwise.npz", disagreement=dis, js=js)
     with open(out_dir / "table.csv", "w", newline="") as f:
@@ -354,27 +372,13 @@ class Timings:
     history: list[dict] = field(default_factory=list)
 
 
-def run_pipeline(cfg: BaselineCfg, out_dir: Path) -> Timings:
-    """Everything from reading MNIST to the analysis files in ``out_dir``, one step after another.
+def train_all(cfg: BaselineCfg, train_loader: DataLoader, test_loader: DataLoader, out_dir: Path,
+              tm: Timings) -> tuple[list[dict], nn.Module]:
+    """The seeds, then the students distilled from the first seed; their runs and the teacher.
 
-    Example:
-        >>> with tempfile.TemporaryDirectory() as d:
-        ...     t = run_pipeline(BaselineCfg(train_subset=256, test_subset=128, epochs=1, seeds=(0, 1),
-        ...                                  student_seeds=(2,), prune=(0.5,), n_boot=10), Path(d))
-        >>> t.images_trained
-        768
+    Every epoch's timings go to ``tm.history``; the throughput fields of ``tm`` are filled from them.
     """
-    out_dir = Path(out_dir)
     pred_dir = out_dir / "preds"
-    pred_dir.mkdir(parents=True, exist_ok=True)
-    tm = Timings()
-    t_start = time.perf_counter()
-
-    t0 = time.perf_counter()
-    trx, try_, tex, tey = read_mnist(cfg.data_dir, cfg.train_subset, cfg.test_subset)
-    tm.read = time.perf_counter() - t0
-    train_loader, test_loader = make_loaders(trx, try_, tex, tey, cfg)
-
     runs: list[dict] = []
     models: dict[str, nn.Module] = {}
     base_init: dict | None = None
@@ -411,8 +415,13 @@ def run_pipeline(cfg: BaselineCfg, out_dir: Path) -> Timings:
     tm.train_loop = sum(h["train_seconds"] for h in epochs)
     tm.train_phase = max(h["end"] for h in epochs) - min(h["start"] for h in epochs)
     tm.images_trained = sum(h["images"] for h in epochs)
+    return runs, teacher
 
-    t0 = time.perf_counter()
+
+def compress_all(cfg: BaselineCfg, teacher: nn.Module, test_loader: DataLoader, out_dir: Path) -> list[dict]:
+    """The quantized and pruned copies of the teacher, evaluated and saved; their runs."""
+    pred_dir = out_dir / "preds"
+    runs = []
     for scheme in cfg.quantize:
         probs, _ = evaluate(quantize_model(teacher, scheme), test_loader)
         np.save(pred_dir / f"quant_{scheme}.npy", probs)
@@ -425,6 +434,37 @@ def run_pipeline(cfg: BaselineCfg, out_dir: Path) -> Timings:
         np.save(pred_dir / f"prune_{amount:g}.npy", probs)
         runs.append({"name": f"prune_{amount:g}", "role": "prune", "setting": f"{amount * 100:g}%",
                      "files": [pred_dir / f"prune_{amount:g}.npy"]})
+    return runs
+
+
+def run_pipeline(cfg: BaselineCfg, out_dir: Path) -> Timings:
+    """Everything from reading MNIST to the analysis files in ``out_dir``, one step after another.
+
+    Args:
+        cfg: the work to do.
+        out_dir: where predictions, checkpoints and analysis files go.
+
+    Example:
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     t = run_pipeline(BaselineCfg(train_subset=256, test_subset=128, epochs=1, seeds=(0, 1),
+        ...                                  student_seeds=(2,), prune=(0.5,), n_boot=10), Path(d))
+        >>> t.images_trained
+        768
+    """
+    out_dir = Path(out_dir)
+    (out_dir / "preds").mkdir(parents=True, exist_ok=True)
+    tm = Timings()
+    t_start = time.perf_counter()
+
+    t0 = time.perf_counter()
+    trx, try_, tex, tey = read_mnist(cfg.data_dir, cfg.train_subset, cfg.test_subset)
+    tm.read = time.perf_counter() - t0
+    train_loader, test_loader = make_loaders(trx, try_, tex, tey, cfg)
+
+    runs, teacher = train_all(cfg, train_loader, test_loader, out_dir, tm)
+
+    t0 = time.perf_counter()
+    runs += compress_all(cfg, teacher, test_loader, out_dir)
     tm.compress = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -1,0 +1,131 @@
+"""Full studies: their FLOPs as funclens plans them, the time at 100% of the ceiling, the real wall time.
+
+A full study takes an hour or more of both cores, so the benchmark never runs one: the wall time is read from
+``<folder>.time`` (first word, seconds, written by the command that ran the study) when the study's folder is
+here, and otherwise from the measured entries kept in ``full_studies.json``, each with the commit that ran
+it. A fresh measurement found here is added to that file, so it outlives the results folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from common import BENCH_DIR, REPO
+
+RECORDS = BENCH_DIR / "full_studies.json"
+# Full studies set beside their FLOP count: (preset, arch, input shape, classes, the study's folder).
+FULL_STUDIES = (("paper-mnist", "lenet", (1, 28, 28), 10, "results/paper-mnist"),
+                ("paper-cifar10", "lenet", (3, 32, 32), 10, "results/paper-cifar10-lenet"))
+
+
+def read_records(path: Path = RECORDS) -> list[dict[str, Any]]:
+    """The measured full-study entries kept in ``path``, oldest first.
+
+    Args:
+        path: the records file.
+
+    Example:
+        >>> sorted({r["preset"] for r in read_records()})
+        ['paper-cifar10', 'paper-mnist']
+    """
+    return json.loads(path.read_text())["studies"]
+
+
+def _measured_here(study, preset: str, folder: str, date: str) -> dict[str, Any] | None:
+    """The entry for a finished study in ``REPO/folder`` with its ``.time`` file, or None."""
+    from funclens.plan import plan
+    from funclens.store import Store
+
+    path = REPO / folder
+    time_file = path.with_suffix(".time")
+    if not time_file.is_file():
+        return None
+    base_id = next(p.run_id for p in plan(study) if p.role == "base")
+    store = Store(path)
+    if not store.is_done(base_id):
+        return None
+    try:
+        wall_s = float(time_file.read_text().split()[0])
+    except (ValueError, IndexError):
+        return None
+    base = store.load_metrics(base_id)
+    return {"preset": preset, "arch": study.model.arch, "folder": folder, "wall_s": wall_s,
+            "commit": (base.get("git_commit") or "unknown")[:7], "n_train": int(base["train_images"]),
+            "n_test": int(base["test_images"]), "reported": date, "note": f"read from {folder}.time"}
+
+
+def flop_parts(counts: dict[str, int], n_train: int, n_test: int, flops: dict[str, Any]) -> dict[str, float]:
+    """A full study's FLOPs by kind of work.
+
+    Args:
+        counts: ``trainings``, ``teachers``, ``posthoc`` runs and ``epochs``.
+        n_train, n_test: images in the training and test sets.
+        flops: :func:`ceiling.lenet_flops` for the study's input shape.
+
+    Example:
+        >>> p = flop_parts({"trainings": 1, "teachers": 1, "posthoc": 1, "epochs": 2}, 10, 5,
+        ...                {"train": 30, "forward": 10})
+        >>> list(p.values())
+        [600, 100, 100, 50]
+    """
+    e = counts["epochs"]
+    return {"training": counts["trainings"] * e * n_train * flops["train"],
+            "test evaluation": counts["trainings"] * e * n_test * flops["forward"],
+            # the least possible: each teacher's logits over the training set once (funclens: once per
+            # worker process and teacher)
+            "teacher logits (once per teacher)": counts["teachers"] * n_train * flops["forward"],
+            "post-hoc evaluation": counts["posthoc"] * n_test * flops["forward"]}
+
+
+def _counts(study) -> dict[str, int]:
+    from funclens.plan import plan
+
+    planned = plan(study)
+    trainings = [p for p in planned if p.spec.kind == "train"]
+    students = [p for p in trainings if p.spec.distill is not None]
+    return {"trainings": len(trainings), "students": len(students),
+            "teachers": len({p.spec.distill.teacher for p in students}),
+            "posthoc": len(planned) - len(trainings), "epochs": study.train.epochs}
+
+
+def full_studies(ceiling_gflops: float, date: str, records_path: Path = RECORDS) -> list[dict[str, Any]]:
+    """One row per study of FULL_STUDIES: counts, FLOPs, time at the ceiling, newest measured wall time.
+
+    Args:
+        ceiling_gflops: the fp32 ceiling with all cores, GFLOP/s.
+        date: this run's date, given to an entry measured here for the first time.
+        records_path: the measured entries kept so far; a new one is appended to it.
+    """
+    from ceiling import lenet_flops
+    from funclens.config import PRESET_ARCHS, preset_study
+
+    records = read_records(records_path)
+    rows = []
+    for preset, arch, in_shape, classes, folder in FULL_STUDIES:
+        study = preset_study(preset, arch)
+        flags = f"--preset {preset}" + (f" --arch {arch}" if len(PRESET_ARCHS[preset]) > 1 else "")
+        row: dict[str, Any] = {"preset": preset, "arch": arch, "flags": flags, "folder": folder, **_counts(study)}
+        fresh = _measured_here(study, preset, folder, date)
+        if fresh is not None and not any(r["commit"] == fresh["commit"] and r["wall_s"] == fresh["wall_s"]
+                                         for r in records):
+            records.append(fresh)
+            _write_records(records_path, records)
+        kept = [r for r in records if r["preset"] == preset and r["arch"] == arch]
+        if kept:
+            rec = kept[-1]
+            parts = flop_parts(row, rec["n_train"], rec["n_test"], lenet_flops(in_shape, classes))
+            limit_s = sum(parts.values()) / (ceiling_gflops * 1e9)
+            row.update(measured=rec, historical=fresh is None, parts=parts, total=sum(parts.values()),
+                       limit_s=limit_s, pct_of_ceiling=100 * limit_s / rec["wall_s"])
+        rows.append(row)
+    return rows
+
+
+def _write_records(path: Path, records: list[dict[str, Any]]) -> None:
+    doc = json.loads(path.read_text())
+    doc["studies"] = records
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,148 @@
+"""benchmarks/render.py: RESULTS.md is rendered from RESULTS.json alone, every section and every figure."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import render  # noqa: E402
+import run  # noqa: E402
+from common import GIB, MIB  # noqa: E402
+
+# The RESULTS.json that `benchmarks/run.py --quick` wrote on this project's machine (tiny sizes).
+QUICK = REPO / "tests" / "data" / "bench-results-quick.json"
+
+
+@pytest.fixture()
+def quick() -> dict:
+    return json.loads(QUICK.read_text())
+
+
+def test_every_section_in_order(quick):
+    md = render.render(quick)
+    at = [md.index(f"\n## {s}\n") for s in render.SECTIONS]
+    assert at == sorted(at)
+    assert md.startswith("# funclens benchmarks (--quick smoke run")
+    assert f"`{quick['command']}`" in md and quick["machine"]["commit"][:12] in md
+
+
+def test_header_and_targets_hold_the_measured_figures(quick):
+    md = render.render(quick)
+    load = quick["load"]
+    assert f"at the start {load['start']:.2f}, at the end {load['end']:.2f}" in md
+    lines = {t["key"]: next(x for x in md.splitlines() if x.startswith("| ") and x.endswith(
+        {True: "| yes |", False: "| **no** |", None: "| - |"}[t["met"]]) and _target_figure(t) in x)
+        for t in quick["targets"]}
+    assert len(set(lines.values())) == len(quick["targets"])  # one row per target, each with its figure
+
+
+def _target_figure(t: dict) -> str:
+    v = t["value"]
+    return {"train_pct_of_ceiling": f"{v:.1f}%", "speedup": f"{v:.2f}x", "analysis_seconds": f"{v:.2f} s",
+            "analysis_peak_gib": f"{v:.2f} GiB", "full_study_wall_s": render.fmt_s(v)}[t["key"]]
+
+
+def test_tables_hold_every_figure(quick):
+    md = render.render(quick)
+    c = quick["ceiling"]
+    for when in ("start", "end"):
+        assert all(f"{c[when][k]:.1f}" in md for k in ("fp32_all", "fp32_1", "bf16_all"))
+    e2e = quick["end_to_end"]
+    for r in e2e["runs"]["baseline"] + e2e["runs"]["funclens"]:
+        for key in ("total", "train_phase", "before_analysis", "analysis"):
+            assert render.fmt_s(r[key]) in md
+        assert f"{100 * r['base_accuracy']:.2f}%" in md
+    assert f"**Speedup, end to end: {e2e['speedup']:.2f}x**" in md
+    for t in quick["throughput"].values():
+        if isinstance(t, dict):
+            assert f"| {t['images_per_s']:,.0f} | {t['gflops']:.1f} |" in md
+    for a in (quick["analysis"][k] for k in ("full", "small", "plain", "plain_tsne")):
+        assert f"{a['peak'] / MIB:,.0f} MiB" in md and all(f"{s:.2f} s" in md for s in a["times"].values())
+    assert f"{quick['flops']['train']:,} FLOPs per image" in md
+
+
+def test_full_studies_rows_and_their_source(quick):
+    md = render.render(quick)
+    for s in quick["full_studies"]:
+        row = next(x for x in md.splitlines() if x.startswith(f"| `{s['flags']}` |"))
+        assert f"{s['total']:.3e}" in row and render.fmt_s(s["measured"]["wall_s"]) in row
+        assert s["measured"]["commit"][:7] in row and f"{s['pct_of_ceiling']:.1f}%" in row
+        assert f"- `{s['flags']}`: {s['measured']['wall_s']:,.0f} s, kept in" in md
+
+
+def test_a_study_not_run_anywhere_says_so(quick):
+    res = copy.deepcopy(quick)
+    for key in ("measured", "parts", "total", "limit_s", "pct_of_ceiling"):
+        res["full_studies"][0].pop(key)
+    res["targets"] = run.targets(res)
+    md = render.render(res)
+    assert f"not run here (no `{res['full_studies'][0]['folder']}`)" in md
+    assert f"not run here (no {res['full_studies'][0]['folder']}.time) | - |" in md
+
+
+def test_markdown_follows_the_data(quick):
+    res = copy.deepcopy(quick)
+    res["end_to_end"]["speedup"] = 9.87
+    res["end_to_end"]["runs"]["funclens"][0]["total"] = 1234.5
+    res["analysis"]["full"]["peak"] = 5 * GIB
+    res["targets"] = run.targets(res)
+    md = render.render(res)
+    assert "**Speedup, end to end: 9.87x**" in md and "| end to end |" in md and "20.6 min" in md
+    assert "| ... with peak memory < 4 GiB | 5.00 GiB total peak RSS" in md and "| **no** |" in md
+
+
+def test_targets_are_decided_from_the_data(quick):
+    assert run.targets(quick) == quick["targets"]
+    res = copy.deepcopy(quick)
+    res["end_to_end"]["speedup"] = run.TARGET_SPEEDUP
+    assert next(t for t in run.targets(res) if t["key"] == "speedup")["met"] is True
+
+
+def test_committed_markdown_is_the_rendering_of_the_committed_json():
+    bench = REPO / "benchmarks"
+    assert render.render(render.load_results(bench / "RESULTS.json")) == (bench / "RESULTS.md").read_text()
+
+
+def test_bad_results_files_are_one_line_errors(tmp_path, quick, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert render.main([str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert render.main([str(tmp_path / "absent.json")]) == 2
+    with pytest.raises(render.ResultsError, match="format"):
+        render.render({**quick, "format": 99})
+    del quick["throughput"]
+    with pytest.raises(render.ResultsError, match="throughput"):
+        render.render(quick)
+
+
+def test_cli_writes_the_markdown_beside_the_json(tmp_path):
+    src = tmp_path / "RESULTS.json"
+    src.write_text(QUICK.read_text())
+    assert render.main([str(src)]) == 0
+    assert (tmp_path / "RESULTS.md").read_text() == render.render(json.loads(QUICK.read_text()))
+
+
+def test_full_studies_flops_from_the_plan_and_wall_times_from_the_records(tmp_path):
+    from fullstudy import RECORDS, full_studies, read_records
+
+    records = tmp_path / "full_studies.json"
+    records.write_text(RECORDS.read_text())
+    rows = full_studies(100.0, "2026-01-01 00:00 UTC", records_path=records)
+    kept = read_records(records)
+    assert [(r["preset"], r["trainings"], r["posthoc"], r["epochs"]) for r in rows] == [
+        ("paper-mnist", 13, 7, 25), ("paper-cifar10", 13, 7, 25)]
+    for r in rows:
+        assert r["measured"] in kept and r["total"] == sum(r["parts"].values())
+        assert r["limit_s"] == pytest.approx(r["total"] / 100e9)
+        assert r["pct_of_ceiling"] == pytest.approx(100 * r["limit_s"] / r["measured"]["wall_s"])
+    # 13 trainings x 25 epochs x 60,000 images x LeNet's 15,786,240 training FLOPs per image
+    assert rows[0]["parts"]["training"] == 13 * 25 * 60000 * 15786240
