@@ -70,9 +70,12 @@ def finished(tmp_path_factory) -> tuple[Path, list[RunSpec]]:
     base = trained(0)
     specs = [base, trained(1), quantized(base), pruned(base)]
     seen: list[str] = []
+    events: list[tuple] = []
     result = run_plan(specs, InProcessBackend(RunContext(out=str(out))), store=Store(out), jobs=1,
-                      on_done=seen.append)
+                      on_done=seen.append, progress=lambda *ev: events.append(ev))
     assert result.done == seen == [s.run_id for s in specs] and not result.failed and not result.skipped
+    steps = (1437 + 63) // 64  # digits' training images in batches of 64
+    assert (base.run_id, 1, 1, steps, steps) in events and {ev[0] for ev in events} == set(seen)
     return out, specs
 
 
@@ -207,3 +210,20 @@ def test_the_cli_exits_1_on_a_runs_internal_error_and_shows_its_trace_with_debug
     assert "funclens: error: internal error" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("--debug", "study", str(study), "--out", str(out), "--no-report", "--jobs", "1")
     assert r.returncode == 1 and "Traceback" in r.stderr and "raise FloatingPointError" in r.stderr
+
+
+def test_jobs_below_one_is_refused_rather_than_skipping_every_run(tmp_path):
+    from funclens.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="jobs must be >= 1"):
+        run_plan([trained(0)], ScriptedBackend(), store=Store(tmp_path), jobs=0)
+
+
+def test_the_local_backends_never_import_ray():
+    import subprocess
+    import sys
+
+    code = ("import sys, funclens.cli, funclens.study, funclens.backends.inprocess, funclens.backends.pool; "
+            "print('ray' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "False", r.stderr

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from funclens.config import RunSpec
-from funclens.errors import FunclensError
+from funclens.errors import ConfigError, FunclensError
 from funclens.execute import ProgressFn, RunContext, execute_run
 from funclens.store import Store
 
@@ -111,6 +111,9 @@ class Backend(Protocol):
 
 @dataclass
 class PlanResult:
+    """What :func:`run_plan` did: runs DONE (in the order they ended), failed (with their outcome), and
+    skipped (a descendant of a failed or skipped run)."""
+
     done: list[str] = field(default_factory=list)
     failed: dict[str, Outcome] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
@@ -125,10 +128,11 @@ class _State:
 
     def skip_blocked(self) -> None:
         """Skip every pending run with a failed or skipped parent, down the whole tree."""
-        blocked = True
-        while blocked:
+        while True:
             bad = set(self.result.failed) | set(self.result.skipped)
             blocked = [s for s in self.pending.values() if any(p in bad for p in s.parents)]
+            if not blocked:
+                return
             for s in blocked:
                 self.result.skipped.append(s.run_id)
                 del self.pending[s.run_id]
@@ -161,7 +165,7 @@ def run_plan(specs: list[RunSpec], backend: Backend, *, store: Store, jobs: int,
         specs: the planned runs, parents before children.
         backend: where the runs are computed (see ``funclens.backends``).
         store: the study's store, for the DONE runs.
-        jobs: the most runs submitted at once (>= 1).
+        jobs: the most runs submitted at once (>= 1, else a ConfigError).
         on_done: called with each run's id once it is DONE (also for runs DONE before).
         progress: called as ``progress(run_id, epoch, epochs, step, steps)`` for running runs only.
 
@@ -173,6 +177,8 @@ def run_plan(specs: list[RunSpec], backend: Backend, *, store: Store, jobs: int,
         >>> run_plan([], InProcessBackend(RunContext(out=out)), store=Store(out), jobs=4).done
         []
     """
+    if jobs < 1:
+        raise ConfigError(f"jobs must be >= 1, got {jobs}")
     state = _State({s.run_id for s in specs}, {s.run_id: s for s in specs})
     _take_finished(state, store, on_done)
     if not state.pending:
