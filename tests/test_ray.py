@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 
 from conftest import SMALL_STUDY, run_cli
-from funclens import execute_ray
+from funclens.backends import ray as ray_backend
+from funclens.backends.ray import RayBackend
 from funclens.config import FunclensError, load_study_toml
 from funclens.execute import RunContext
 from funclens.plan import plan
+from funclens.schedule import run_plan
 from funclens.store import Store
 
 EPOCHS = 20  # about 0.1 s per epoch on digits: a training run lasts long enough to be killed mid-way
@@ -71,7 +73,7 @@ def _ray_worker_running(run_id: str, session: int) -> int | None:
             stat = (d / "stat").read_text()
         except OSError:  # gone meanwhile
             continue
-        # Ray sets a task's worker title to ray::<task name>; run_ray names tasks funclens:<run id>.
+        # Ray sets a task's worker title to ray::<task name>; RayBackend names tasks funclens:<run id>.
         # Field 6 of stat (after the parenthesised command) is the session id: only the study's own processes.
         if title.startswith(f"ray::funclens:{run_id}".encode()) and int(stat.rsplit(")", 1)[1].split()[3]) == session:
             return int(d.name)
@@ -124,17 +126,18 @@ def test_a_run_whose_folder_the_driver_cannot_see_fails_with_a_clear_message(tmp
     # A store that is not shared: workers write DONE on their disk, the driver's view never shows it.
     for k, v in RAY_ENV.items():
         monkeypatch.setenv(k, v)
-    monkeypatch.setattr(execute_ray, "VISIBLE_WITHIN_S", 0.5)
+    monkeypatch.setattr(ray_backend, "VISIBLE_WITHIN_S", 0.5)
     monkeypatch.setattr(Store, "is_done", lambda self, run_id: False)  # this process only, not the workers
     planned = plan(load_study_toml(small_study))
     base = next(p.spec for p in planned if p.role == "base")
     child = next(p.spec for p in planned if base.run_id in p.spec.parents)
     out = tmp_path / "o"
-    result = execute_ray.run_ray([base, child], RunContext(out=str(out)))
+    result = run_plan([base, child], RayBackend(RunContext(out=str(out))), store=Store(out), jobs=2)
 
     assert result.done == []
     assert result.skipped == [child.run_id]
-    err = result.failed[base.run_id]
+    assert result.failed[base.run_id].fault == "input"
+    err = result.failed[base.run_id].message
     assert err.startswith(f"run {base.run_id} finished on node ")
     assert err.endswith("but its folder is not visible here: --out must be on a filesystem shared by every node")
     assert (out / "runs" / base.run_id / "DONE").is_file()  # the worker did finish it
@@ -143,7 +146,7 @@ def test_a_run_whose_folder_the_driver_cannot_see_fails_with_a_clear_message(tmp
 def test_without_ray_installed_the_ray_executor_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     with pytest.raises(FunclensError, match=r"^--executor ray needs Ray: pip install funclens\[ray\]$"):
-        execute_ray.run_ray([], RunContext(out=str(tmp_path)))
+        RayBackend(RunContext(out=str(tmp_path))).start(1, None)
 
 
 def _dead_address() -> str:
@@ -157,16 +160,16 @@ def test_an_address_nothing_answers_is_bad_input_at_once(tmp_path, monkeypatch):
     dead = _dead_address()
     t = time.monotonic()
     with pytest.raises(FunclensError, match=f"^no Ray cluster answers at {dead}: "):
-        execute_ray.run_ray([], RunContext(out=str(tmp_path)), address=dead)
+        RayBackend(RunContext(out=str(tmp_path)), address=dead).start(1, None)
     assert time.monotonic() - t < 30  # Ray itself would wait for the dead cluster without end
 
 
 def test_a_dead_cluster_recorded_by_ray_start_is_passed_over_for_a_fresh_one(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     dead = _dead_address()
-    monkeypatch.setattr(execute_ray, "_recorded_cluster", lambda: dead)
-    assert execute_ray._resolve_address(None) == "local"
+    monkeypatch.setattr(ray_backend, "_recorded_cluster", lambda: dead)
+    assert ray_backend._resolve_address(None) == "local"
     with pytest.raises(FunclensError, match="^--ray-address auto: no running Ray cluster"):
-        execute_ray._resolve_address("auto")
+        ray_backend._resolve_address("auto")
     monkeypatch.setenv("RAY_ADDRESS", "local")
-    assert execute_ray._resolve_address(None) == "local"
+    assert ray_backend._resolve_address(None) == "local"

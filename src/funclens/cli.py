@@ -80,7 +80,8 @@ def study(
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
     executor: str = typer.Option("local", help="local or ray"),
     ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start or join a local one)"),
-    jobs: int = typer.Option(0, help="runs at once (default: the number of cores), one thread each"),
+    jobs: int = typer.Option(0, help="runs at once (default: the number of cores; with ray, every ready run), "
+                                     "one thread each"),
     channels_last: bool = typer.Option(True, help="channels-last memory layout (pays for conv nets on CPU and CUDA)"),
     offline: bool = typer.Option(False, help="never download data"),
     wait: bool = typer.Option(False, help="wait for another study holding --out instead of exiting"),
@@ -98,12 +99,11 @@ def study(
     out = out or Path("results") / name
     # A Ray driver may have no GPU while its workers do: there `cuda` is checked by each task instead.
     dev = "cuda" if (executor == "ray" and device == "cuda") else resolve_device(device)
-    jobs = jobs or (os.cpu_count() or 1)
     outs = [out] if len(studies) == 1 else [out / s.model.arch for s in studies]
     for s, o in zip(studies, outs):
         ctx = RunContext(out=str(o), data_dir=str(data_dir) if data_dir else None, offline=offline, device=dev,
                          channels_last=channels_last)
-        run_study(s, ctx, jobs=jobs, executor=executor, ray_address=ray_address, wait=wait,
+        run_study(s, ctx, jobs=jobs or None, executor=executor, ray_address=ray_address, wait=wait,
                   report=not no_report)
     if len(studies) > 1 and not no_report:
         from funclens.report import build_combined_report

@@ -1,4 +1,14 @@
-"""One study end to end: lock the store, record the plan, run it with progress bars, write the report."""
+"""One study end to end: lock the store, record the plan, run it with progress bars, write the report.
+
+Example:
+    >>> import tempfile
+    >>> from funclens.config import DistillGrid, StudyCfg, TrainCfg
+    >>> study = StudyCfg(name="tiny", train=TrainCfg(epochs=1), seeds=(0, 1), distill=DistillGrid(alphas=()),
+    ...                  quantize=("8-bit",), prune=())
+    >>> result = run_study(study, RunContext(out=tempfile.mkdtemp()), jobs=1, report=False)
+    >>> len(result.done), result.failed, result.skipped
+    (3, {}, [])
+"""
 
 from __future__ import annotations
 
@@ -11,8 +21,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from funclens import __version__, paths
 from funclens.config import FunclensError, StudyCfg, to_dict
-from funclens.execute import ExecResult, RunContext, preload_dataset, run_local
+from funclens.execute import RunContext, preload_dataset
 from funclens.plan import PlannedRun, plan
+from funclens.schedule import Backend, PlanResult, run_plan
 from funclens.store import Store, atomic_write_text
 
 
@@ -37,71 +48,109 @@ def write_study_file(store: Store, study: StudyCfg, planned: list[PlannedRun]) -
     atomic_write_text(f, json.dumps(rec, indent=2, sort_keys=True))
 
 
-def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int = 1, executor: str = "local",
-              ray_address: str | None = None, wait: bool = False, report: bool = True) -> ExecResult:
+def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int | None = None, executor: str = "local",
+              ray_address: str | None = None, wait: bool = False, report: bool = True) -> PlanResult:
+    """Compute every run of ``study`` not yet DONE into ``ctx.out``, then write its report.
+
+    Args:
+        study: the study.
+        ctx: the store's folder, the data, the device.
+        jobs: runs at once; None: the number of cores (``local``), or every ready run (``ray``,
+            which places them on the cluster's CPUs itself).
+        executor: ``local`` (in this process with ``jobs`` 1, else a process pool) or ``ray``.
+        ray_address: the Ray cluster (see :class:`funclens.backends.ray.RayBackend`).
+        wait: wait for another study holding the store rather than refuse.
+        report: write the report once every run is DONE.
+
+    Raises:
+        FunclensError: a run failed on its input (exit 2); RuntimeError: a run failed on a fault of
+            funclens (exit 1). Finished runs are kept either way.
+    """
     if study.train.precision == "bf16" and ctx.device != "cuda":
         raise FunclensError("precision bf16 (autocast) runs on CUDA only; use --device cuda or precision fp32")
     store = Store(Path(ctx.out))
     store.ensure_writable()
     # Read the data once here: a missing or damaged file is one clear error before any run starts,
-    # and the in-process executor reuses the loaded set.
+    # and the in-process backend reuses the loaded set.
     preload_dataset(study.data, ctx)
     planned = plan(study)
-    by_id = {p.run_id: p for p in planned}
+    specs = [p.spec for p in planned]
+    jobs = jobs or (len(specs) if executor == "ray" else os.cpu_count() or 1)
     console = Console(stderr=True)
     with store.lock(wait=wait):
         write_study_file(store, study, planned)
-        specs = [p.spec for p in planned]
-        # No refresh thread: the local executor forks its workers, and a thread caught holding the
+        # No refresh thread: the pool backend forks its workers, and a thread caught holding the
         # terminal's lock at that moment would leave it locked in every worker. Bars redraw on events.
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, auto_refresh=False) as bar:
-            total = bar.add_task(f"{study.name}: runs", total=len(specs))
-            tasks: dict[str, int] = {}
-            tasks_done: set[str] = set()
-
-            def progress(rid: str, epoch: int, epochs: int, step: int, steps: int) -> None:
-                if rid in tasks_done:
-                    return  # a worker's last event can arrive after its run was reported done
-                p = by_id.get(rid)
-                if rid not in tasks:
-                    label = f"  {p.role} {p.setting}" if p else f"  {rid}"
-                    tasks[rid] = bar.add_task(label, total=epochs * steps)
-                bar.update(tasks[rid], completed=(epoch - 1) * steps + step,
-                           description=f"  {p.role if p else rid} {p.setting if p else ''} epoch {epoch}/{epochs}",
-                           refresh=True)
-
-            def on_done(rid: str) -> None:
-                bar.advance(total)
-                if not console.is_terminal:  # logs get one line per finished run instead of bars
-                    p = by_id.get(rid)
-                    console.print(f"{study.name}: finished {p.role if p else ''} {p.setting if p else ''} "
-                                  f"{rid} ({len(tasks_done) + 1}/{len(specs)})", highlight=False, soft_wrap=True)
-                tasks_done.add(rid)
-                if rid in tasks:
-                    bar.remove_task(tasks.pop(rid))
-                bar.refresh()
-
-            if executor == "ray":
-                from funclens.execute_ray import run_ray
-
-                result = run_ray(specs, ctx, address=ray_address, progress=progress, on_done=on_done)
-            else:
-                result = run_local(specs, ctx, jobs=jobs, progress=progress, on_done=on_done)
-        if result.failed:
-            debug = os.environ.get("FUNCLENS_DEBUG") == "1"
-            for rid, err in result.failed.items():
-                console.print(f"run {rid} failed: {err.splitlines()[0]}", highlight=False, soft_wrap=True)
-                if debug and "\n" in err:
-                    console.print(err, highlight=False, markup=False)
-            msg = (f"{len(result.failed)} run(s) failed, {len(result.skipped)} skipped; "
-                   f"finished runs are kept in {store.root}: fix the cause and rerun")
-            if any("Traceback" in e for e in result.failed.values()):
-                raise RuntimeError(msg)  # a bug, not bad input: exit 1
-            raise FunclensError(msg)
+            bars = _Bars(bar, console, study.name, planned)
+            result = run_plan(specs, _backend(executor, ctx, jobs, ray_address), store=store, jobs=jobs,
+                              on_done=bars.on_done, progress=bars.progress)
+        _raise_for_failures(result, store, console)
         if report:
             from funclens.report import build_report
 
             html = build_report(store.root)
             print(f"report: {html}")
     return result
+
+
+def _backend(executor: str, ctx: RunContext, jobs: int, ray_address: str | None) -> Backend:
+    if executor == "ray":
+        from funclens.backends.ray import RayBackend
+
+        return RayBackend(ctx, address=ray_address)
+    if jobs <= 1:
+        from funclens.backends.inprocess import InProcessBackend
+
+        return InProcessBackend(ctx)
+    from funclens.backends.pool import PoolBackend
+
+    return PoolBackend(ctx)
+
+
+class _Bars:
+    """A bar for the whole study and one per running run; in a log, one line per finished run."""
+
+    def __init__(self, bar: Progress, console: Console, name: str, planned: list[PlannedRun]) -> None:
+        self.bar, self.console, self.name = bar, console, name
+        self.by_id = {p.run_id: p for p in planned}
+        self.total = bar.add_task(f"{name}: runs", total=len(planned))
+        self.tasks: dict[str, int] = {}
+        self.finished = 0
+
+    def label(self, rid: str) -> str:
+        p = self.by_id.get(rid)
+        return f"{p.role} {p.setting}" if p else rid
+
+    def progress(self, rid: str, epoch: int, epochs: int, step: int, steps: int) -> None:
+        if rid not in self.tasks:
+            self.tasks[rid] = self.bar.add_task(f"  {self.label(rid)}", total=epochs * steps)
+        self.bar.update(self.tasks[rid], completed=(epoch - 1) * steps + step,
+                        description=f"  {self.label(rid)} epoch {epoch}/{epochs}", refresh=True)
+
+    def on_done(self, rid: str) -> None:
+        self.finished += 1
+        self.bar.advance(self.total)
+        if not self.console.is_terminal:  # logs get one line per finished run instead of bars
+            self.console.print(f"{self.name}: finished {self.label(rid)} {rid} ({self.finished}/{len(self.by_id)})",
+                               highlight=False, soft_wrap=True)
+        if rid in self.tasks:
+            self.bar.remove_task(self.tasks.pop(rid))
+        self.bar.refresh()
+
+
+def _raise_for_failures(result: PlanResult, store: Store, console: Console) -> None:
+    """One line per failed run (its traceback too with --debug), then the error that sets the exit code."""
+    if not result.failed:
+        return
+    debug = os.environ.get("FUNCLENS_DEBUG") == "1"
+    for rid, outcome in result.failed.items():
+        console.print(f"run {rid} failed: {outcome.message}", highlight=False, soft_wrap=True, markup=False)
+        if debug and outcome.detail:
+            console.print(outcome.detail, highlight=False, markup=False)
+    msg = (f"{len(result.failed)} run(s) failed, {len(result.skipped)} skipped; "
+           f"finished runs are kept in {store.root}: fix the cause and rerun")
+    if any(o.fault == "internal" for o in result.failed.values()):
+        raise RuntimeError(msg)  # a fault of funclens, not bad input: exit 1
+    raise FunclensError(msg)

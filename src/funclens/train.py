@@ -87,31 +87,59 @@ def _rng_state(gen: torch.Generator) -> dict:
 
 
 def train(spec: RunSpec, data: Dataset, *, device: torch.device | str = "cpu",
-          init_state: dict | None = None, teacher: nn.Module | None = None,
-          teacher_logits: torch.Tensor | None = None, resume: dict | None = None,
-          on_epoch: EpochHook | None = None, on_step: StepHook | None = None,
-          on_init: Callable[[dict], None] | None = None, teacher_cache: bool = True,
-          channels_last: bool = True) -> tuple[nn.Module, list[dict]]:
+          init_state: dict | None = None, teacher_logits: torch.Tensor | None = None,
+          resume: dict | None = None, on_epoch: EpochHook | None = None, on_step: StepHook | None = None,
+          on_init: Callable[[dict], None] | None = None, channels_last: bool = True
+          ) -> tuple[nn.Module, list[dict]]:
     """Train ``spec``'s model and return it with its per-epoch history.
 
     Args:
-        spec: a ``train`` RunSpec; with ``spec.distill`` the loss is :func:`kd_loss` against ``teacher``.
+        spec: a ``train`` RunSpec; with ``spec.distill`` the loss is :func:`kd_loss` against the teacher.
         data: the in-memory data set.
+        device: where to train.
         init_state: initial weights (a base-init student gets the base's); default: built from the seed.
-        teacher: the teacher model (weights loaded) for a distillation run.
-        teacher_logits: instead of ``teacher``, its logits for every training image (from
-            :func:`infer`), e.g. computed once for several students.
+        teacher_logits: a distillation run's teacher logits for every training image, in order (from
+            :func:`infer`: there is no augmentation, so they are what a teacher forward per step gives).
         resume: a checkpoint dict given earlier to ``on_epoch``; training continues after its epoch.
         on_epoch: called after every epoch with (epoch, float16 softmax [N, C], metrics, checkpoint).
         on_step: called after every step with (epoch, step, steps per epoch), for progress bars.
         on_init: called once, before training, with the initial state_dict.
-        teacher_cache: compute the teacher's logits for the whole training set once rather than at
-            every step. Exact up to float rounding: there is no augmentation, so every step would
-            see the same logits.
+        channels_last: the channels-last memory layout (changes only float rounding).
     """
-    cfg, dcfg = spec.train, spec.distill
+    cfg = spec.train
     assert cfg is not None and spec.kind == "train"
+    assert spec.distill is None or teacher_logits is not None, "a distillation run needs its teacher's logits"
     device = torch.device(device)
+    model, opt, gen = _build(spec, data, device, init_state, on_init, channels_last)
+    if teacher_logits is not None:
+        teacher_logits = teacher_logits.to(device)
+    history: list[dict] = []
+    start_epoch = 1
+    if resume is not None:
+        history, start_epoch = _restore(resume, model, opt, gen)
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        train_loss = _train_epoch(spec, data, model, opt, gen, teacher_logits, device, epoch, on_step,
+                                  channels_last)
+        train_time = time.perf_counter() - t0
+        probs, row = _test_epoch(model, data, device, cfg.precision, channels_last)
+        row = {"epoch": epoch, "train_loss": train_loss, **row,
+               "train_seconds": train_time, "images_per_second": len(data.train_x) / train_time}
+        history.append(row)
+        if on_epoch is not None:
+            # Copies, not views of live tensors: the hook may keep the checkpoint while training goes on.
+            ckpt = copy.deepcopy({"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                  "rng": _rng_state(gen), "history": history})
+            on_epoch(epoch, probs, row, ckpt)
+    return model, history
+
+
+def _build(spec: RunSpec, data: Dataset, device: torch.device, init_state: dict | None,
+           on_init: Callable[[dict], None] | None, channels_last: bool
+           ) -> tuple[nn.Module, torch.optim.Optimizer, torch.Generator]:
+    """The seeded model, its optimizer, and the generator of the data order."""
+    cfg = spec.train
+    assert cfg is not None
     torch.manual_seed(cfg.seed)
     model = create_model(spec.model.arch, in_shape=data.in_shape, num_classes=data.num_classes)
     if init_state is not None:
@@ -128,71 +156,63 @@ def train(spec: RunSpec, data: Dataset, *, device: torch.device | str = "cpu",
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # The data order has its own generator, so model code that draws random numbers cannot shift it.
     gen = torch.Generator().manual_seed(cfg.seed)
+    return model, opt, gen
 
-    if dcfg is not None and teacher_logits is None:
-        assert teacher is not None, "a distillation run needs its teacher"
-        teacher.to(device).eval()
-        if teacher_cache:
-            teacher_logits = infer(teacher, data.train_x, data, device=device, channels_last=channels_last)
 
-    history: list[dict] = []
-    start_epoch = 1
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["optimizer"])
-        torch.set_rng_state(resume["rng"]["torch"])
-        gen.set_state(resume["rng"]["gen"])
-        history = list(resume["history"])
-        start_epoch = int(resume["epoch"]) + 1
+def _restore(resume: dict, model: nn.Module, opt: torch.optim.Optimizer,
+             gen: torch.Generator) -> tuple[list[dict], int]:
+    """Load a checkpoint's state; returns its history and the first epoch still to train."""
+    model.load_state_dict(resume["model"])
+    opt.load_state_dict(resume["optimizer"])
+    torch.set_rng_state(resume["rng"]["torch"])
+    gen.set_state(resume["rng"]["gen"])
+    return list(resume["history"]), int(resume["epoch"]) + 1
 
+
+def _train_epoch(spec: RunSpec, data: Dataset, model: nn.Module, opt: torch.optim.Optimizer,
+                 gen: torch.Generator, teacher_logits: torch.Tensor | None, device: torch.device, epoch: int,
+                 on_step: StepHook | None, channels_last: bool) -> float:
+    """One pass over the training set in the generator's order; returns the mean training loss."""
+    cfg, dcfg = spec.train, spec.distill
+    assert cfg is not None
     n = len(data.train_x)
     steps = (n + cfg.batch_size - 1) // cfg.batch_size
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        model.train()
-        order = torch.randperm(n, generator=gen).to(device)
-        loss_sum = torch.zeros((), device=device)
-        for step in range(steps):
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            xb, yb = data.normalize(train_x[idx]), train_y[idx]
-            if channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, cfg.precision):
-                logits = model(xb).float()
-            if dcfg is None:
-                loss = F.cross_entropy(logits, yb)
-            else:
-                if teacher_logits is not None:
-                    tl = teacher_logits[idx.cpu()].to(device)
-                else:
-                    with torch.no_grad():
-                        tl = teacher(xb).float()
-                loss = kd_loss(logits, tl, yb, dcfg.alpha, dcfg.temperature)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach() * len(idx)
-            if on_step is not None:
-                on_step(epoch, step + 1, steps)
-        train_loss = float(loss_sum) / n
-        if not np.isfinite(train_loss):
-            raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_loss}); lower the lr")
-        train_time = time.perf_counter() - t0
-        logits = infer(model, data.test_x, data, device=device, precision=cfg.precision,
-                       channels_last=channels_last)
-        probs = torch.softmax(logits, dim=1)
-        row = {"epoch": epoch, "train_loss": train_loss,
-               "test_loss": float(F.cross_entropy(logits, data.test_y)),
-               "test_acc": float((logits.argmax(1) == data.test_y).float().mean()),
-               "train_seconds": train_time, "images_per_second": n / train_time}
-        history.append(row)
-        if on_epoch is not None:
-            # Copies, not views of live tensors: the hook may keep the checkpoint while training goes on.
-            ckpt = copy.deepcopy({"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                  "rng": _rng_state(gen), "history": history})
-            on_epoch(epoch, probs.numpy().astype(np.float16), row, ckpt)
-    return model, history
+    model.train()
+    order = torch.randperm(n, generator=gen).to(device)
+    loss_sum = torch.zeros((), device=device)
+    for step in range(steps):
+        idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+        xb, yb = data.normalize(train_x[idx]), train_y[idx]
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, cfg.precision):
+            logits = model(xb).float()
+        if dcfg is None:
+            loss = F.cross_entropy(logits, yb)
+        else:
+            assert teacher_logits is not None
+            loss = kd_loss(logits, teacher_logits[idx], yb, dcfg.alpha, dcfg.temperature)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_sum += loss.detach() * len(idx)
+        if on_step is not None:
+            on_step(epoch, step + 1, steps)
+    train_loss = float(loss_sum) / n
+    if not np.isfinite(train_loss):
+        raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_loss}); lower the lr")
+    return train_loss
+
+
+def _test_epoch(model: nn.Module, data: Dataset, device: torch.device, precision: str,
+                channels_last: bool) -> tuple[np.ndarray, dict]:
+    """The test set's float16 softmax in dataset order, with the test loss and accuracy."""
+    logits = infer(model, data.test_x, data, device=device, precision=precision, channels_last=channels_last)
+    probs = torch.softmax(logits, dim=1)
+    return probs.numpy().astype(np.float16), {
+        "test_loss": float(F.cross_entropy(logits, data.test_y)),
+        "test_acc": float((logits.argmax(1) == data.test_y).float().mean())}
 
 
 def evaluate(model: nn.Module, data: Dataset, device: torch.device | str = "cpu",

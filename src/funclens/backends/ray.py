@@ -1,9 +1,9 @@
-"""The Ray executor: the same plan as the local executor, spread over the nodes of a Ray cluster.
+"""The Ray backend: the runs of a plan spread over the nodes of a Ray cluster.
 
-Every run is one Ray task that calls :func:`funclens.execute.execute_run`, the very function the
-local executor calls, with one thread per task, so a run holds the same bytes whichever executor and
-whichever node computed it. Scheduling stays on the driver (the ``funclens study`` process): a run is
-submitted once all its parents are DONE, and a failed run's descendants are skipped. A worker that
+Every run is one Ray task that calls :func:`funclens.schedule.attempt`, the very function the local
+backends call, with one thread per task, so a run holds the same bytes whichever backend and whichever
+node computed it. Scheduling stays on the driver (the ``funclens study`` process), in
+:func:`funclens.schedule.run_plan`: a run is submitted once all its parents are DONE. A worker that
 dies (killed, node lost) is retried by Ray up to ``MAX_RETRIES`` times, and the retry resumes from the
 run's last finished epoch because ``execute_run`` resumes from the checkpoint in the store.
 
@@ -22,8 +22,13 @@ period for the attribute caches of network filesystems); its descendants are ski
 otherwise each node reads its own default folder, downloading when online. funclens itself must be
 installed, at the same version, on every node: the tasks import it there.
 
-Ray is optional (``pip install funclens[ray]``) and imported only here, so the local executor works
+Ray is optional (``pip install funclens[ray]``) and imported only here, so the local backends work
 without it.
+
+Example:
+    >>> backend = RayBackend(RunContext(out="/shared/results/quick"), address="head:6379")
+    >>> backend.ctx.out
+    '/shared/results/quick'
 """
 
 from __future__ import annotations
@@ -34,14 +39,14 @@ import logging
 import os
 import socket
 import time
-import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from funclens.config import FunclensError, RunSpec
-from funclens.execute import ExecResult, ProgressFn, RunContext, execute_run, take_finished
+from funclens.execute import ProgressFn, RunContext
+from funclens.schedule import Outcome, attempt, worker_died
 from funclens.store import Store
 
 MAX_RETRIES = 3  # Ray reruns a task whose worker process died this many times; each rerun resumes
@@ -78,8 +83,8 @@ def _node_name() -> str:
     return f"{socket.gethostname()} ({ip})"
 
 
-def _ray_task(spec: RunSpec, ctx: RunContext, sink: Any) -> tuple[str, str | None, str]:
-    """One run inside a Ray worker. Returns (run id, error or None, node name).
+def _ray_task(spec: RunSpec, ctx: RunContext, sink: Any) -> tuple[Outcome, str]:
+    """One run inside a Ray worker. Returns its outcome and the node's name.
 
     Errors are returned rather than raised so that Ray retries only dead workers, never a run that
     failed on its own (bad data, a bug): rerunning those would fail the same way.
@@ -89,7 +94,7 @@ def _ray_task(spec: RunSpec, ctx: RunContext, sink: Any) -> tuple[str, str | Non
         ctx: where the store and the data are; the same on every node.
         sink: handle of the driver's progress actor, or None.
     """
-    torch.set_num_threads(1)  # as the local executor: one thread per run, results independent of the node
+    torch.set_num_threads(1)  # as the local backends: one thread per run, results independent of the node
     last = [0.0]
 
     def progress(rid: str, epoch: int, epochs: int, step: int, steps: int) -> None:
@@ -100,14 +105,7 @@ def _ray_task(spec: RunSpec, ctx: RunContext, sink: Any) -> tuple[str, str | Non
         with contextlib.suppress(Exception):  # progress is cosmetic: never fail a run over it
             sink.put.remote((rid, epoch, epochs, step, steps))
 
-    node = _node_name()
-    try:
-        execute_run(spec, ctx, progress)
-        return spec.run_id, None, node
-    except FunclensError as e:
-        return spec.run_id, str(e), node
-    except Exception as e:  # a bug: study.py reports it with the run named, --debug shows the trace
-        return spec.run_id, f"{type(e).__name__}: {e}\n{traceback.format_exc()}", node
+    return attempt(spec, ctx, progress), _node_name()
 
 
 def _shared_ctx(ctx: RunContext) -> RunContext:
@@ -190,126 +188,106 @@ def _init_ray(address: str | None) -> tuple[Any, bool]:
     return ray, True
 
 
-def run_ray(specs: list[RunSpec], ctx: RunContext, *, address: str | None = None,
-            progress: ProgressFn | None = None, on_done: Callable[[str], None] | None = None) -> ExecResult:
-    """Run ``specs`` (parents first) as Ray tasks, each once its parents are DONE.
-
-    Same contract as :func:`funclens.execute.run_local`: a failed run's descendants are skipped, other
-    runs go on; ``progress`` and ``on_done`` are called on this (the driver's) process.
+class RayBackend:
+    """Runs as Ray tasks; connects to (or starts) a cluster at :meth:`start`, stops what it started at :meth:`close`.
 
     Args:
-        specs: the planned runs, parents before children.
         ctx: store, data and device; ``ctx.out`` must be on a filesystem shared by every node.
         address: ``host:port`` of a running cluster; None uses ``$RAY_ADDRESS``, else joins the live
             cluster `ray start` left on this machine, else starts a local one (stopped at the end).
-        progress: called as ``progress(run_id, epoch, epochs, step, steps)``.
-        on_done: called with each run's id once it is DONE and visible here.
-
-    Example:
-        >>> run_ray(plan_specs, RunContext(out="/shared/results/quick"), address="head:6379")  # doctest: +SKIP
     """
-    ray, initialised = _init_ray(address)
-    ctx = _shared_ctx(ctx)
-    clean_exit = False
-    running: dict[Any, str] = {}  # object ref -> run id
-    sink = None
-    try:
-        store = Store(Path(ctx.out))
-        planned = {s.run_id for s in specs}
-        pending = {s.run_id: s for s in specs}
-        result = take_finished(store, pending, on_done)
-        finished = set(result.done)
-        ended: set[str] = set(finished)  # done or failed: late progress events for these are dropped
-        unseen: dict[str, tuple[str, float]] = {}  # run id -> (node it ran on, deadline to appear here)
-        task = ray.remote(num_cpus=1, num_gpus=1 if ctx.device == "cuda" else 0, max_retries=MAX_RETRIES,
-                          retry_exceptions=False)(_ray_task)
 
-        def ready() -> list[RunSpec]:
-            return [s for s in pending.values()
-                    if all(p in finished or (p not in planned and store.is_done(p)) for p in s.parents)]
+    def __init__(self, ctx: RunContext, address: str | None = None) -> None:
+        self.ctx = _shared_ctx(ctx)
+        self.address = address
+        self.store = Store(Path(self.ctx.out))
+        self._ray: Any = None
+        self._initialised = False
+        self._task: Any = None
+        self._sink: Any = None
+        self._progress: ProgressFn | None = None
+        self._running: dict[Any, str] = {}  # object ref -> run id
+        self._unseen: dict[str, tuple[str, float]] = {}  # run id -> (node it ran on, deadline to appear here)
 
-        def drain() -> None:
-            nonlocal sink
-            if sink is None:
-                return
-            try:
-                events = ray.get(sink.drain.remote(), timeout=10)
-            except Exception:  # the actor is gone: runs go on without step-level progress
-                sink = None
-                return
-            if progress is not None:
-                for ev in events:
-                    if ev[0] not in ended:
-                        progress(*ev)
+    def start(self, workers: int, progress: ProgressFn | None) -> None:
+        # Ray places the tasks on the cluster's CPUs itself; ``workers`` bounds only what is submitted.
+        self._ray, self._initialised = _init_ray(self.address)
+        self._progress = progress
+        self._task = self._ray.remote(num_cpus=1, num_gpus=1 if self.ctx.device == "cuda" else 0,
+                                      max_retries=MAX_RETRIES, retry_exceptions=False)(_ray_task)
+        if progress is not None:
+            self._sink = self._ray.remote(num_cpus=0, max_restarts=0)(_ProgressSink).remote()
 
-        def succeed(rid: str) -> None:
-            finished.add(rid)
-            ended.add(rid)
-            result.done.append(rid)
-            if on_done:
-                on_done(rid)
+    def submit(self, spec: RunSpec) -> None:
+        # The name shows in `ray list tasks` and in the worker's process title: ray::funclens:<id>
+        ref = self._task.options(name=f"funclens:{spec.run_id}").remote(spec, self.ctx, self._sink)
+        self._running[ref] = spec.run_id
 
-        def fail(rid: str, err: str) -> None:
-            ended.add(rid)
-            result.failed[rid] = err
+    def wait(self, timeout: float) -> list[Outcome]:
+        if self._running:
+            refs, _ = self._ray.wait(list(self._running), num_returns=len(self._running),
+                                     timeout=max(timeout, WAIT_S))
+        else:
+            refs = []
+            time.sleep(max(timeout, WAIT_S))
+        self._drain()  # before the outcomes: a run's last events never re-open its progress bar
+        outcomes = [o for o in (self._collect(ref) for ref in refs) if o is not None]
+        return outcomes + self._appeared()
 
-        if progress is not None and pending:
-            sink = ray.remote(num_cpus=0, max_restarts=0)(_ProgressSink).remote()
-        while pending or running or unseen:
-            for s in [s for s in pending.values() if any(p in result.failed or p in result.skipped
-                                                       for p in s.parents)]:
-                result.skipped.append(s.run_id)
-                del pending[s.run_id]
-            for s in ready():
-                del pending[s.run_id]
-                # The name shows in `ray list tasks` and in the worker's process title: ray::funclens:<id>
-                running[task.options(name=f"funclens:{s.run_id}").remote(s, ctx, sink)] = s.run_id
-            if not running and not unseen:
-                break  # the rest wait on parents that will never finish
-            if running:
-                done_refs, _ = ray.wait(list(running), num_returns=len(running), timeout=WAIT_S)
-            else:
-                done_refs = []
-                time.sleep(WAIT_S)
-            drain()  # before on_done, so a run's last events never re-open its progress bar
-            for ref in done_refs:
-                rid = running.pop(ref)
-                try:
-                    _, err, node = ray.get(ref)
-                except ray.exceptions.WorkerCrashedError as e:
-                    fail(rid, f"its Ray worker died {MAX_RETRIES + 1} time(s) ({type(e).__name__}); "
-                              "see the Ray logs of its node")
-                    continue
-                except ray.exceptions.RayError as e:  # out of memory, node lost, cancelled, ...
-                    first = (str(e).strip().splitlines() or [""])[0]
-                    fail(rid, f"Ray could not run it ({type(e).__name__}): {first}")
-                    continue
-                if err:
-                    fail(rid, err)
-                elif _visible(store, rid):
-                    succeed(rid)
-                else:
-                    unseen[rid] = (node, time.monotonic() + VISIBLE_WITHIN_S)
-            for rid, (node, deadline) in list(unseen.items()):
-                if _visible(store, rid):
-                    del unseen[rid]
-                    succeed(rid)
-                elif time.monotonic() >= deadline:
-                    del unseen[rid]
-                    fail(rid, f"run {rid} finished on node {node} but its folder is not visible here: "
-                              "--out must be on a filesystem shared by every node")
-        drain()
-        clean_exit = True
-    finally:
-        if not clean_exit:  # interrupted or crashed: leave no task writing to a store we no longer hold
-            for ref in running:
-                with contextlib.suppress(Exception):
-                    ray.cancel(ref, force=True)
-        if sink is not None:
+    def close(self) -> None:
+        ray = self._ray
+        if ray is None:
+            return
+        for ref in self._running:  # interrupted or crashed: leave no task writing to a store we no longer hold
             with contextlib.suppress(Exception):
-                ray.kill(sink)
-        if initialised:
-            # Stops the cluster this call started; from a cluster it joined, it only disconnects.
+                ray.cancel(ref, force=True)
+        if self._sink is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(self._sink)
+        if self._initialised:
+            # Stops the cluster this backend started; from a cluster it joined, it only disconnects.
             ray.shutdown()
-    result.skipped += list(pending)
-    return result
+        self._ray = None
+
+    def _collect(self, ref: Any) -> Outcome | None:
+        """The outcome of a finished task, or None while its run is not yet visible here."""
+        ray, rid = self._ray, self._running.pop(ref)
+        try:
+            outcome, node = ray.get(ref)
+        except ray.exceptions.WorkerCrashedError as e:
+            return worker_died(rid, f"its Ray worker died {MAX_RETRIES + 1} time(s) ({type(e).__name__}); "
+                                    "see the Ray logs of its node")
+        except ray.exceptions.RayError as e:  # out of memory, node lost, cancelled, ...
+            first = (str(e).strip().splitlines() or [""])[0]
+            return worker_died(rid, f"Ray could not run it ({type(e).__name__}): {first}")
+        if not outcome.ok or _visible(self.store, rid):
+            return outcome
+        self._unseen[rid] = (node, time.monotonic() + VISIBLE_WITHIN_S)
+        return None
+
+    def _appeared(self) -> list[Outcome]:
+        """Runs finished elsewhere that became visible here, or whose grace period ran out."""
+        outcomes = []
+        for rid, (node, deadline) in list(self._unseen.items()):
+            if _visible(self.store, rid):
+                outcomes.append(Outcome(rid, True))
+            elif time.monotonic() >= deadline:
+                outcomes.append(Outcome(rid, False, "input", (
+                    f"run {rid} finished on node {node} but its folder is not visible here: "
+                    "--out must be on a filesystem shared by every node")))
+            else:
+                continue
+            del self._unseen[rid]
+        return outcomes
+
+    def _drain(self) -> None:
+        if self._sink is None:
+            return
+        try:
+            events = self._ray.get(self._sink.drain.remote(), timeout=10)
+        except Exception:  # the actor is gone: runs go on without step-level progress
+            self._sink = None
+            return
+        if self._progress is not None:
+            for ev in events:
+                self._progress(*ev)
