@@ -2,39 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from funclens import __version__, paths
+from funclens import __version__
 from funclens.config import FunclensError, StudyCfg, to_dict
 from funclens.execute import ExecResult, RunContext, preload_dataset, run_local
 from funclens.plan import PlannedRun, plan
-from funclens.store import Store, atomic_write_text
+from funclens.store import Store
 
 
 def study_record(study: StudyCfg, planned: list[PlannedRun]) -> dict:
     return {"funclens_version": __version__, "study": to_dict(study), "runs": [p.to_json() for p in planned]}
-
-
-def write_study_file(store: Store, study: StudyCfg, planned: list[PlannedRun]) -> None:
-    """Record the study beside its runs; a folder holding a different study is refused, not overwritten."""
-    f = paths.study_file(store.root)
-    rec = study_record(study, planned)
-    if f.exists():
-        try:
-            old = json.loads(f.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            old = None
-        # The same study may grow (a method added, runs are shared by id); another study may not
-        # take over the folder, since its report would silently replace this one's.
-        if old is not None and old.get("study", {}).get("name") != study.name:
-            raise FunclensError(f"{store.root} holds another study ({old.get('study', {}).get('name')}); "
-                                "choose another --out")
-    atomic_write_text(f, json.dumps(rec, indent=2, sort_keys=True))
 
 
 def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int = 1, executor: str = "local",
@@ -50,7 +32,7 @@ def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int = 1, executor: str 
     by_id = {p.run_id: p for p in planned}
     console = Console(stderr=True)
     with store.lock(wait=wait):
-        write_study_file(store, study, planned)
+        store.write_study(study_record(study, planned))
         specs = [p.spec for p in planned]
         # No refresh thread: the local executor forks its workers, and a thread caught holding the
         # terminal's lock at that moment would leave it locked in every worker. Bars redraw on events.
