@@ -317,7 +317,8 @@ def build_report(out: Path) -> Path:
     """Every report file of one study, from its store. Returns the path of ``report.html``."""
     out = Path(out)
     sv = load_study(out)
-    Store(out).begin_outputs()
+    store = Store(out)
+    store.begin_outputs()
     summary = analyse(sv)
     atomic_write_text(paths.summary_file(out), json.dumps(summary, indent=2))
     acc_md, dist_md = write_tables(out, [summary])
@@ -330,7 +331,7 @@ def build_report(out: Path) -> Path:
                            [(figs[0], "Functional landscape (t-SNE of every checkpoint's test predictions; "
                                       "B base, I independent, D distilled, C control, Q quantized, P pruned)"),
                             (figs[1], "Accuracy deviation against RFD, one point per model")])
-    Store(out).record_outputs()
+    store.record_outputs()
     return html
 
 

@@ -38,7 +38,7 @@ import subprocess
 import tempfile  # noqa: F401  (the examples' folders)
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -217,6 +217,8 @@ class Store:
     """A study's output folder. Runs live in ``root/runs/<id>/``."""
 
     root: Path
+    # report files as they were before a report began: (inode, mtime in ns) by name
+    _before: dict[str, tuple[int, int]] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -360,9 +362,13 @@ class Store:
         return problems
 
     def invalidate(self, run_id: str) -> None:
-        """Withdraw a damaged run's DONE so that it is computed again."""
+        """Withdraw a damaged run's DONE (a file, or whatever stands in its place) so that it is computed again."""
+        done = paths.done_file(self.run_dir(run_id))
         with contextlib.suppress(FileNotFoundError):
-            paths.done_file(self.run_dir(run_id)).unlink()
+            if done.is_dir() and not done.is_symlink():
+                shutil.rmtree(done)
+            else:
+                done.unlink()
 
     def clear_run(self, run_id: str) -> None:
         """Empty a run's folder (DONE first), without following links, so the run starts afresh."""
@@ -683,21 +689,34 @@ class Store:
                 files.append(rel)
         return files, links
 
+    def _output_stats(self) -> dict[str, tuple[int, int]]:
+        return {n: (st.st_ino, st.st_mtime_ns) for n in self._output_files()[0]
+                if (st := os.lstat(self.root / n))}
+
     def begin_outputs(self) -> None:
-        """Before a report is written: refuse links where it writes, and withdraw the record of the
+        """Before a report is written: refuse links in the store, and withdraw the record of the
         previous report's files, so a half-written report is never vouched for."""
-        for p in [paths.outputs_file(self.root)] + self._output_entries():
-            _refuse_link(p)
+        self.check_links()
+        files, links = self._output_files()
+        if links:
+            raise StoreError(f"{self.root / links[0]} is a symbolic link; {_LINKS}")
+        self._before = self._output_stats()
         with contextlib.suppress(FileNotFoundError):
             paths.outputs_file(self.root).unlink()
 
     def record_outputs(self) -> None:
-        """After a report is written: record the sha256 of every report file in ``outputs.json``."""
+        """After a report is written: record the sha256 of every report file it wrote in ``outputs.json``.
+
+        Files it did not write (anything else put into ``tables/`` or ``figures/``) stay unrecorded, so
+        :meth:`verify_outputs` keeps naming them.
+        """
         files, links = self._output_files()
         if links:
             raise StoreError(f"{self.root / links[0]} is a symbolic link; {_LINKS}")
+        before, now = self._before or {}, self._output_stats()
+        written = [n for n in files if before.get(n) != now.get(n)]  # atomic writes make new inodes
         atomic_write_text(paths.outputs_file(self.root), json.dumps(
-            {"files": {n: sha256_file(self.root / n) for n in files}}, indent=2, sort_keys=True))
+            {"files": {n: sha256_file(self.root / n) for n in written}}, indent=2, sort_keys=True))
 
     def verify_outputs(self) -> list[str]:
         """Problems with the report's files: links, files not recorded, files not matching their record."""
