@@ -281,3 +281,19 @@ def test_study_record_is_checked_and_a_damaged_one_never_locks_the_folder(tmp_pa
             st.read_study()
         st.write_study(record)  # rewritten: the runs are verified on their own
         assert st.read_study()["study"]["name"] == "quick"
+
+
+def test_an_unfinished_run_keeps_its_epochs_unless_it_holds_another_config_or_a_link(tmp_path):
+    st = Store(tmp_path)
+    st.prepare(SPEC)
+    st.save_preds(SPEC.run_id, 1, np.full((4, 3), 1 / 3, np.float16))
+    run = st.run_dir(SPEC.run_id)
+    assert st.prepare(SPEC) == "start" and (run / "preds" / "ep_001.npy").is_file()  # a resume keeps them
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "canonical": "{}"}))
+    assert st.prepare(SPEC) == "start" and not (run / "preds" / "ep_001.npy").exists()
+    assert json.loads((run / "config.json").read_text()) == cfg
+    (tmp_path / "elsewhere").mkdir()
+    (run / "preds").rmdir()
+    (run / "preds").symlink_to(tmp_path / "elsewhere")
+    assert st.prepare(SPEC) == "start" and not (run / "preds").is_symlink() and (run / "preds").is_dir()

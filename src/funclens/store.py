@@ -447,9 +447,9 @@ class Store:
                 return "done"
             self.clear_run(rid)
         elif run.is_dir():
-            cfg = self._stored_config(rid)
+            cfg, record = self._stored_config(rid) or {}, _config_record(spec)
             if _walk(run)[1] or (os.path.lexists(paths.config_file(run))
-                                 and (cfg is None or cfg.get("id") != rid or cfg.get("spec") != want)):
+                                 and any(cfg.get(k) != record[k] for k in ("id", "spec", "canonical"))):
                 self.clear_run(rid)  # partial work of another config, or a link: a cache, not a result
         for parent in spec.parents:
             if not self.is_done(parent):
@@ -466,8 +466,7 @@ class Store:
         except OSError as e:
             raise StoreError(f"cannot create {run}: {e.strerror or e}") from None
         cfg = paths.config_file(run)
-        record = {"id": spec.run_id, "spec": to_dict(spec), "canonical": canonical_json(spec),
-                  "funclens_version": __version__, "git_commit": GIT_COMMIT}
+        record = _config_record(spec)
         if os.path.lexists(cfg):
             old = self._stored_config(spec.run_id) or {}
             if all(old.get(k) == record[k] for k in ("id", "spec", "canonical")):
@@ -737,7 +736,10 @@ class Store:
             return problems + [f"{paths.outputs_file(Path()).name} is damaged"]
         problems += [f"{n} is not a file of the recorded report" for n in files if n not in listed]
         for n, digest in sorted(listed.items()):
-            p = self.root / str(n)
+            if not (isinstance(n, str) and _SAFE_NAME.fullmatch(n) and ".." not in n.split("/")):
+                problems.append(f"{paths.outputs_file(Path()).name} is damaged")
+                continue
+            p = self.root / n
             if not p.is_file() or p.is_symlink():
                 problems.append(f"{n} is missing")
             elif sha256_file(p) != digest:
@@ -816,6 +818,12 @@ class Store:
         finally:
             _HELD_LOCKS.discard(fd)
             os.close(fd)  # closing releases the flock
+
+
+def _config_record(spec: RunSpec) -> dict:
+    """What config.json holds: the full spec, its canonical JSON (what the id hashes) and its origin."""
+    return {"id": spec.run_id, "spec": to_dict(spec), "canonical": canonical_json(spec),
+            "funclens_version": __version__, "git_commit": GIT_COMMIT}
 
 
 def _digest_text(text: str) -> str:
