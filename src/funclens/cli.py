@@ -162,7 +162,7 @@ def datasets(data_dir: Optional[Path] = typer.Option(None, help="canonical data 
 
 @app.command()
 def verify(out: Path = typer.Argument(..., help="a study's output folder")) -> None:
-    """Check every DONE run's files against the checksums its DONE recorded."""
+    """Check a study's store: every run against its DONE, the plan's unfinished runs, the report's files."""
     from funclens.store import Store
 
     stores = [out] if paths.runs_dir(out).is_dir() else sorted(p.parent.parent for p in Path(out).glob("*/runs/"))
@@ -170,11 +170,9 @@ def verify(out: Path = typer.Argument(..., help="a study's output folder")) -> N
         raise FunclensError(f"{out} holds no runs")
     problems, checked = [], 0
     for s in stores:
-        st = Store(s)
-        for rid in st.list_runs():
-            if st.is_done(rid):
-                checked += 1
-                problems += st.verify_run(rid)
+        found, n = Store(s).verify()
+        problems += found
+        checked += n
     for p in problems:
         typer.echo(p, err=True)
     if problems:

@@ -135,14 +135,8 @@ def execute_run(spec: RunSpec, ctx: RunContext, progress: ProgressFn | None = No
     store = Store(Path(ctx.out))
     rid = spec.run_id
     resolve_device(ctx.device)  # on a cluster the driver may lack the GPU a worker must have
-    if store.is_done(rid):
-        if not store.verify_run(rid):
-            return rid
-        store.invalidate(rid)  # a damaged finished run is recomputed, never trusted
-    for parent in spec.parents:
-        if not store.is_done(parent):
-            raise RunFailed(f"run {rid} needs {parent}, which is not finished")
-    store.begin(spec)
+    if store.prepare(spec) == "done":  # a damaged finished run is cleared and recomputed, never re-signed
+        return rid
     data = preload_dataset(spec.data, ctx)
     if spec.kind == "train":
         _train_run(spec, ctx, store, data, progress)

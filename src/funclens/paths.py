@@ -80,3 +80,8 @@ def tables_dir(out: Path) -> Path:
 
 def figures_dir(out: Path) -> Path:
     return Path(out) / "figures"
+
+
+def outputs_file(out: Path) -> Path:
+    """The sha256 of every report file (summary, tables, figures, report.md/html), written last."""
+    return Path(out) / "outputs.json"

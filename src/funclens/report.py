@@ -55,14 +55,9 @@ class StudyView:
 def load_study(out: Path) -> StudyView:
     """Read a study's plan and every run's final predictions, refusing damaged or unfinished runs."""
     out = Path(out)
-    try:
-        rec = json.loads(paths.study_file(out).read_text())
-    except FileNotFoundError:
-        raise FunclensError(f"{out} holds no study (no study.json)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise FunclensError(f"{paths.study_file(out)} is damaged") from None
-    study = from_dict(StudyCfg, rec["study"])
     store = Store(out)
+    rec = store.read_study()
+    study = from_dict(StudyCfg, rec["study"])
     views = []
     for r in rec["runs"]:
         rid = r["run"]
@@ -322,6 +317,8 @@ def build_report(out: Path) -> Path:
     """Every report file of one study, from its store. Returns the path of ``report.html``."""
     out = Path(out)
     sv = load_study(out)
+    store = Store(out)
+    store.begin_outputs()
     summary = analyse(sv)
     atomic_write_text(paths.summary_file(out), json.dumps(summary, indent=2))
     acc_md, dist_md = write_tables(out, [summary])
@@ -329,11 +326,13 @@ def build_report(out: Path) -> Path:
     intro = (f"Study {sv.study.name}: {sv.study.model.arch} on {sv.study.data.dataset} "
              f"({summary['num_test']} test images, {summary['num_classes']} classes), base accuracy "
              f"{100 * summary['base']['accuracy']:.2f}%, distance '{summary['metric']}'. funclens {__version__}.")
-    return write_documents(out, f"funclens report: {sv.study.name}", intro, acc_md, dist_md,
+    html = write_documents(out, f"funclens report: {sv.study.name}", intro, acc_md, dist_md,
                            verdict_sentences(summary),
                            [(figs[0], "Functional landscape (t-SNE of every checkpoint's test predictions; "
                                       "B base, I independent, D distilled, C control, Q quantized, P pruned)"),
                             (figs[1], "Accuracy deviation against RFD, one point per model")])
+    store.record_outputs()
+    return html
 
 
 def build_combined_report(out: Path, study_dirs: list[Path]) -> Path:
@@ -361,6 +360,9 @@ def _load_array(path: Path) -> np.ndarray:
         st = Store(path.parent.parent) if path.parent.name == "runs" else None
         if st is None:
             raise FunclensError(f"{path}: not a run folder (expected .../runs/<id>)")
+        problems = st.verify_run(path.name)
+        if problems:
+            raise StoreError(problems[0])
         return st.load_preds(path.name)
     if not path.is_file():
         raise FunclensError(f"{path}: no such file or run folder")

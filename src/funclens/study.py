@@ -12,40 +12,22 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from funclens import __version__, paths
+from funclens import __version__
 from funclens.config import FunclensError, StudyCfg, to_dict
 from funclens.execute import RunContext, preload_dataset
 from funclens.plan import PlannedRun, plan
 from funclens.schedule import Backend, PlanResult, run_plan
-from funclens.store import Store, atomic_write_text
+from funclens.store import Store
 
 
 def study_record(study: StudyCfg, planned: list[PlannedRun]) -> dict:
     return {"funclens_version": __version__, "study": to_dict(study), "runs": [p.to_json() for p in planned]}
-
-
-def write_study_file(store: Store, study: StudyCfg, planned: list[PlannedRun]) -> None:
-    """Record the study beside its runs; a folder holding a different study is refused, not overwritten."""
-    f = paths.study_file(store.root)
-    rec = study_record(study, planned)
-    if f.exists():
-        try:
-            old = json.loads(f.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            old = None
-        # The same study may grow (a method added, runs are shared by id); another study may not
-        # take over the folder, since its report would silently replace this one's.
-        if old is not None and old.get("study", {}).get("name") != study.name:
-            raise FunclensError(f"{store.root} holds another study ({old.get('study', {}).get('name')}); "
-                                "choose another --out")
-    atomic_write_text(f, json.dumps(rec, indent=2, sort_keys=True))
 
 
 def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int | None = None, executor: str = "local",
@@ -78,7 +60,7 @@ def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int | None = None, exec
     jobs = jobs or (len(specs) if executor == "ray" else os.cpu_count() or 1)
     console = Console(stderr=True)
     with store.lock(wait=wait):
-        write_study_file(store, study, planned)
+        store.write_study(study_record(study, planned))
         # No refresh thread: the pool backend forks its workers, and a thread caught holding the
         # terminal's lock at that moment would leave it locked in every worker. Bars redraw on events.
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
