@@ -7,7 +7,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from funclens.landscape import LandscapeError, embed, plot_accuracy_vs_distance, plot_landscape
-from funclens.metrics import pairwise
+from funclens.pairwise import pairwise
 
 
 def softmax(z: np.ndarray) -> np.ndarray:

@@ -25,7 +25,8 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
 from funclens.config import FunclensError
-from funclens.metrics import INDEPENDENT_ABOVE, PRESERVE_BELOW, Preds, sqrt_gram
+from funclens.pairwise import Preds, sqrt_gram
+from funclens.rfd import INDEPENDENT_ABOVE, PRESERVE_BELOW
 
 # role -> (letter, colour, legend text); letters as in the paper's figures
 ROLES: dict[str, tuple[str, str, str]] = {
@@ -64,7 +65,7 @@ def embed(preds: Preds, *, seed: int = 0, n_components_pca: int = 50, perplexity
     """Embed M checkpoints in the plane: one point per prediction array, nearby points compute similar functions.
 
     Each ``[N, C]`` array is read as its flattened sqrt-probability vector, so Euclidean distance between two
-    checkpoints is ``sqrt(2 N)`` times their Hellinger distance (:func:`funclens.metrics.pairwise`). PCA to
+    checkpoints is ``sqrt(2 N)`` times their Hellinger distance (:func:`funclens.pairwise.pairwise`). PCA to
     ``n_components_pca`` dimensions is done exactly and cheaply through the ``[M, M]`` Gram matrix (classical MDS:
     eigenvectors of the centred Gram matrix scaled by sqrt of the eigenvalues are the PCA scores), computed in
     chunks of inputs, so the ``[M, N*C]`` matrix is never materialised (300 CIFAR-100 checkpoints: ~150 MiB
