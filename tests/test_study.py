@@ -126,7 +126,7 @@ def test_report_renders_in_headless_chromium(quick, tmp_path):
                    capture_output=True, timeout=120)
     title = re.search(r"<title>(.*?)</title>", dom, re.S).group(1)
     images = json.loads(title.replace("&quot;", '"'))
-    assert len(images) == 2 and all(done and width > 200 for done, width in images), images
+    assert len(images) == 3 and all(done and width > 200 for done, width in images), images
     assert shot.stat().st_size > 20_000  # a rendered page with figures, not a blank one
 
 

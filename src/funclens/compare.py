@@ -334,10 +334,11 @@ def render_text(result: dict) -> str:
     widths = [max(len(line[k]) for line in table) for k in range(len(cols))]
     lines = [f"base: {result['base']}" + (f" (accuracy {result['base_accuracy']:.4f})"
                                            if "base_accuracy" in result else "")]
+    # columns of numbers right-aligned, head included, so decimal points line up; text left-aligned
+    numeric = [k > 0 and all(_is_number(line[k]) or not line[k] for line in table[1:]) for k in range(len(cols))]
     for line in table:
-        # numbers right-aligned so their decimal points line up; text and intervals left-aligned
-        lines.append("  ".join(c.rjust(w) if k and _is_number(c) else c.ljust(w)
-                               for k, (c, w) in enumerate(zip(line, widths))).rstrip())
+        lines.append("  ".join(c.rjust(w) if num else c.ljust(w)
+                               for c, w, num in zip(line, widths, numeric)).rstrip())
     lines += [f"{r['model']}: RFD undetermined, {r['verdict_reason']}" for r in rows if r.get("verdict_reason")]
     if not result["independents"]:
         lines.append(f"(pass independent models as {INDEP_PREFIX}FILE for RFD and verdicts)")
