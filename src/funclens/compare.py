@@ -76,10 +76,9 @@ def _read_npy(f: IO[bytes], name: str, available: int) -> np.ndarray:
         if declared > MAX_ARRAY_BYTES:
             raise CompareError(f"{name}: {declared} bytes of data, more than the {MAX_ARRAY_BYTES} allowed")
         data = f.read(declared)
+        return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
     except (ValueError, OSError, EOFError) as e:
         raise CompareError(f"{name}: not a readable .npy array ({e})") from None
-    order = "F" if fortran else "C"
-    return np.frombuffer(data, dtype=dtype).reshape(shape, order=order)
 
 
 def _read_npz(path: Path, key: str | None, name: str) -> np.ndarray:
