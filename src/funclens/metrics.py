@@ -39,7 +39,8 @@ from funclens.errors import MetricsError
 METRICS = ("disagreement", "js", "kl", "tv", "hellinger")
 # What each metric's number is, for axis labels and table heads.
 METRIC_UNITS = {"disagreement": "fraction of test inputs whose top-1 class differs",
-                "js": "Jensen-Shannon divergence, bits, mean over inputs", "kl": "KL divergence, nats, mean over inputs",
+                "js": "Jensen-Shannon divergence, bits, mean over inputs",
+                "kl": "KL divergence, nats, mean over inputs",
                 "tv": "total variation, mean over inputs", "hellinger": "Hellinger distance, RMS over inputs"}
 
 # Floor for probabilities inside KL's logarithm. Stored float16 softmax cannot hold values below about 6e-8
