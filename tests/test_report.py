@@ -142,3 +142,22 @@ def test_an_undecidable_rfd_is_null_in_summary_and_explained(tmp_path):
     csv_rows = paths.distance_table(tmp_path, "csv").read_text().splitlines()
     assert csv_rows[0].split(",")[11:14] == ["rfd", "rfd_lo", "rfd_hi"]
     assert all(r.split(",")[11:14] == ["", "", ""] for r in csv_rows[1:])
+
+
+def _no_constants(name: str):
+    raise AssertionError(f"summary.json holds {name}, which is not JSON")
+
+
+def test_a_one_input_test_set_gives_null_rfd_and_says_why(tmp_path):
+    study = tmp_path / "one.toml"
+    study.write_text('name = "one"\nseeds = [0, 1]\nquantize = ["8-bit"]\nprune = [0.9]\n[data]\n'
+                     'dataset = "digits"\ntest_subset = 1\n[train]\nepochs = 1\n[distill]\nalphas = []\n'
+                     'control = false\n')
+    r = run_cli("study", str(study), "--out", str(tmp_path / "out"), "--jobs", "1")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(paths.summary_file(tmp_path / "out").read_text(), parse_constant=_no_constants)
+    assert s["num_test"] == 1 and s["reference"]["independent_mean"] == 0.0
+    assert {r["setting"]: (r["rfd"], r["verdict"]) for r in s["rows"]} == {
+        "seed=1": (None, "undetermined"), "8-bit": (None, "undetermined"), "90%": (None, "undetermined")}
+    assert "cannot be decided: the independent models agree with the base" in paths.report_md(
+        tmp_path / "out").read_text()
