@@ -1,5 +1,7 @@
 """Functional landscape: every checkpoint's test-set predictions as one point in the plane (after Fort et al. 2019,
-"Deep Ensembles: A Loss Landscape Perspective"), and the report's two figures.
+"Deep Ensembles: A Loss Landscape Perspective"), and the report's figures: the landscape, accuracy against RFD,
+and the matrix of distances among the final models. Roles' letters and colours come from
+:data:`funclens.plan.ROLES`.
 
 Pure functions of arrays: nothing here opens or writes a file. Figures are built on ``matplotlib.figure.Figure``
 directly, without pyplot, so no global backend or figure registry is touched; ``fig.savefig(path)`` renders
