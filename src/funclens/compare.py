@@ -338,7 +338,8 @@ def render_text(result: dict) -> str:
     for line in table:
         lines.append("  ".join(c.rjust(w) if num else c.ljust(w)
                                for c, w, num in zip(line, widths, numeric)).rstrip())
-    lines += [f"{r['model']}: RFD undetermined, {r['verdict_reason']}" for r in rows if r.get("verdict_reason")]
+    reasons = dict.fromkeys(r["verdict_reason"] for r in rows if r.get("verdict_reason"))
+    lines += [f"RFD undetermined: {why}" for why in reasons]
     if not result["independents"]:
         lines.append(f"(pass independent models as {INDEP_PREFIX}FILE for RFD and verdicts)")
     return "\n".join(lines)
