@@ -114,3 +114,14 @@ def test_run_folders_must_be_done_and_verified(small_ref, tmp_path):
     paths.done_file(prune).unlink()
     one_line_error(run_cli("compare", str(base), str(prune)), prune.name, "not finished")
     one_line_error(run_cli("compare", str(base), str(tmp_path)), "not a run folder")
+
+
+def test_no_yardstick_prints_undefined_and_strict_json(files):
+    from funclens.compare import render
+
+    base = np.load(files["base"])
+    res = compare_predictions(base, {"near": np.load(files["near"])}, independents={"twin": base.copy()})
+    text = render_text(res)
+    assert "undefined" in text and text.count("RFD undetermined: the independent models agree") == 1
+    rec = json.loads(render(res, as_json=True), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert rec["rows"][0]["rfd"] is None and rec["rows"][0]["verdict"] == "undetermined"
