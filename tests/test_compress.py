@@ -61,7 +61,7 @@ def test_lenet_shapes_match_the_hand_count() -> None:
 def test_layer_pruning_matches_torch_mask_and_amount(amount: float) -> None:
     m = lenet()
     pruned, info = compress(m, PruneCfg(amount))
-    assert info["method"] == "prune" and info["setting"] == f"{round(amount * 100)}%"
+    assert info.method == "prune" and info.setting == f"{round(amount * 100)}%"
     zeros_all = 0
     for name, layer in weight_layers(m):
         ref = copy.deepcopy(layer)
@@ -72,25 +72,25 @@ def test_layer_pruning_matches_torch_mask_and_amount(amount: float) -> None:
         assert torch.equal(w[mask], layer.weight.detach()[mask]), "kept weights must be unchanged"
         zeros = int((w == 0).sum())
         assert abs(zeros - amount * w.numel()) <= 1, name  # within rounding of one weight
-        assert info["sparsity_by_layer"][name] == pytest.approx(zeros / w.numel())
+        assert info.sparsity_by_layer[name] == pytest.approx(zeros / w.numel())
         zeros_all += zeros
         assert torch.equal(pruned.get_submodule(name).bias, layer.bias), "biases are not pruned"
-    assert info["sparsity"] == pytest.approx(zeros_all / N_WEIGHTS)
-    assert info["layers_compressed"] == info["layers_total"] == 4 and info["conv_layers_compressed"] == 2
+    assert info.sparsity == pytest.approx(zeros_all / N_WEIGHTS)
+    assert info.layers_compressed == info.layers_total == 4 and info.conv_layers_compressed == 2
 
 
 @pytest.mark.parametrize("amount", [0.5, 0.8])
 def test_global_pruning_uses_one_threshold(amount: float) -> None:
     m = lenet()
     pruned, info = compress(m, PruneCfg(amount, scope="global"))
-    assert info["setting"] == f"global {round(amount * 100)}%"
+    assert info.setting == f"global {round(amount * 100)}%"
     orig = torch.cat([l.weight.detach().abs().flatten() for _, l in weight_layers(m)])
     new = torch.cat([l.weight.detach().flatten() for _, l in weight_layers(pruned)])
     assert abs(int((new == 0).sum()) - amount * N_WEIGHTS) <= 1
-    assert info["sparsity"] == pytest.approx(amount, abs=1 / N_WEIGHTS)
+    assert info.sparsity == pytest.approx(amount, abs=1 / N_WEIGHTS)
     assert orig[new != 0].min() >= orig[new == 0].max()  # every kept |w| >= every pruned |w|
     # default init scales weights by 1/sqrt(fan_in): one threshold prunes the wide fc1 far more than conv1
-    by_layer = info["sparsity_by_layer"]
+    by_layer = info.sparsity_by_layer
     assert by_layer["fc1"] > amount > by_layer["conv1"]
 
 
@@ -107,7 +107,7 @@ def test_pruned_state_dict_has_the_original_keys_in_order(cfg: PruneCfg) -> None
 def test_int8_per_channel_values_and_half_step() -> None:
     m = skewed_lenet()
     q, info = compress(m, QuantCfg("8-bit"))
-    packed = info["packed"]
+    packed = info.packed
     for name, layer in weight_layers(m):
         w, w2 = rows(layer.weight), rows(q.get_submodule(name).weight)
         scale = w.abs().amax(dim=1) / 127  # computed here independently
@@ -122,7 +122,7 @@ def test_int8_per_channel_values_and_half_step() -> None:
         torch.testing.assert_close(s, scale, rtol=1e-6, atol=0)
         assert torch.equal(rows(qi).float() * s[:, None], w2)
         assert torch.equal(q.get_submodule(name).bias, layer.bias), "biases stay fp32"
-    assert info["conv_layers_compressed"] == 2 and info["loadable"] is True
+    assert info.conv_layers_compressed == 2 and info.loadable is True
 
 
 def test_int8_all_zero_channel_stays_zero() -> None:
@@ -131,7 +131,7 @@ def test_int8_all_zero_channel_stays_zero() -> None:
         m.conv1.weight[7].zero_()
     q, info = compress(m, QuantCfg("8-bit"))
     assert torch.isfinite(q.conv1.weight).all() and (q.conv1.weight[7] == 0).all()
-    assert torch.isfinite(info["packed"]["conv1.weight_scale"]).all()
+    assert torch.isfinite(info.packed["conv1.weight_scale"]).all()
 
 
 @pytest.mark.parametrize("group_size", [0, 32, 7])  # per channel; dividing most rows; never dividing evenly
@@ -144,7 +144,7 @@ def test_int4_values_and_half_step(group_size: int) -> None:
         length = w.shape[1]
         g = length if group_size == 0 or group_size >= length else group_size
         starts = range(0, length, g)
-        scale = info["packed"][f"{name}.weight_scale"]
+        scale = info.packed[f"{name}.weight_scale"]
         assert scale.shape == (w.shape[0], len(starts)), name
         for j, s in enumerate(starts):
             wg, w2g = w[:, s:s + g], w2[:, s:s + g]  # the last group may be shorter
@@ -153,9 +153,9 @@ def test_int4_values_and_half_step(group_size: int) -> None:
             for c in range(w.shape[0]):
                 assert w2g[c].unique().numel() <= 15, (name, c, j)
             assert ((wg - w2g).abs() <= step[:, None] / 2 + 1e-6 * wg.abs().amax()).all(), (name, j)
-        packed_w = info["packed"][f"{name}.weight"]
+        packed_w = info.packed[f"{name}.weight"]
         assert packed_w.dtype == torch.uint8 and packed_w.numel() == math.ceil(layer.weight.numel() / 2)
-    sd = dequantize_packed(info["packed"], cfg, m)
+    sd = dequantize_packed(info.packed, cfg, m)
     assert all(torch.equal(sd[k], v) for k, v in q.state_dict().items())
 
 
@@ -174,7 +174,7 @@ def test_half_precision_round_trip_is_exact(scheme: str, dtype: torch.dtype) -> 
         new = q.get_submodule(name).weight
         assert new.dtype == torch.float32
         assert torch.equal(new, layer.weight.detach().to(dtype).float())
-        assert torch.equal(info["packed"][f"{name}.weight"], layer.weight.detach().to(dtype))
+        assert torch.equal(info.packed[f"{name}.weight"], layer.weight.detach().to(dtype))
         assert torch.equal(q.get_submodule(name).bias, layer.bias)
     assert not torch.equal(q.fc1.weight, m.fc1.weight), "rounding must change some weight"
 
@@ -182,8 +182,8 @@ def test_half_precision_round_trip_is_exact(scheme: str, dtype: torch.dtype) -> 
 def test_dynamic_int8_quantizes_linear_only_and_agrees() -> None:
     m = lenet().eval()
     q, info = compress(m, QuantCfg("dynamic-int8"))
-    assert info["conv_layers_compressed"] == 0 and info["layers_compressed"] == 2
-    assert info["loadable"] is False and info["packed"] is None
+    assert info.conv_layers_compressed == 0 and info.layers_compressed == 2
+    assert info.loadable is False and info.packed is None
     assert type(q.conv1) is nn.Conv2d and q.conv1.weight.dtype == torch.float32
     assert torch.equal(q.conv2.weight, m.conv2.weight), "convolutions are left alone"
     assert not isinstance(q.fc1, nn.Linear)
@@ -206,14 +206,16 @@ def test_caller_model_is_unchanged(cfg: QuantCfg | PruneCfg) -> None:
     assert list(m.state_dict()) == list(before)
     assert all(torch.equal(m.state_dict()[k], v) for k, v in before.items())
     assert type(m.fc1) is nn.Linear and not m.fc1._forward_pre_hooks
-    json.dumps({k: v for k, v in info.items() if k != "packed"})  # the rest is JSON-serialisable
+    rec = json.loads(json.dumps(info.to_json()))   # what metrics.json keeps: JSON, without the tensors
+    assert "packed" not in rec and rec["setting"] == info.setting and rec["fp32_bytes"] == info.fp32_bytes > 0
+    assert all(v is not None for v in rec.values())
 
 
 @pytest.mark.parametrize("cfg", LOADABLE_CFGS, ids=str)
 def test_returned_state_dict_loads_into_a_fresh_model(cfg: QuantCfg | PruneCfg) -> None:
     m = lenet()
     out, info = compress(m, cfg)
-    assert info["loadable"] is True
+    assert info.loadable is True
     assert all(t.dtype == torch.float32 and t.device.type == "cpu" for t in out.state_dict().values())
     fresh = lenet(seed=1)
     fresh.load_state_dict(out.state_dict())  # strict: same keys and shapes
@@ -240,15 +242,15 @@ def test_weight_bytes_by_hand(tmp_path) -> None:
     }
     for cfg, want in expect.items():
         _, info = compress(m, cfg)
-        assert info["fp32_bytes"] == fp32 == 900_136
-        assert info["weight_bytes"] == want, cfg
+        assert info.fp32_bytes == fp32 == 900_136
+        assert info.weight_bytes == want, cfg
     _, info8 = compress(m, QuantCfg("8-bit"))
-    assert 0.24 < info8["weight_bytes"] / fp32 < 0.26
+    assert 0.24 < info8.weight_bytes / fp32 < 0.26
     _, info16 = compress(m, QuantCfg("16-bit"))
-    assert 0.49 < info16["weight_bytes"] / fp32 < 0.51
+    assert 0.49 < info16.weight_bytes / fp32 < 0.51
     # the packed tensors really are that small on disk (plus pickle overhead)
-    torch.save(info8["packed"], tmp_path / "q8.pt")
-    assert info8["weight_bytes"] < (tmp_path / "q8.pt").stat().st_size < info8["weight_bytes"] + 20_000
+    torch.save(info8.packed, tmp_path / "q8.pt")
+    assert info8.weight_bytes < (tmp_path / "q8.pt").stat().st_size < info8.weight_bytes + 20_000
 
 
 @pytest.mark.parametrize("amount", [0.3, 0.9])
@@ -256,8 +258,8 @@ def test_sparse_bytes_by_hand(amount: float) -> None:
     pruned, info = compress(lenet(), PruneCfg(amount))
     nonzero = sum(int(torch.count_nonzero(l.weight)) for _, l in weight_layers(pruned))
     row_ptrs = sum(o + 1 for o, _ in LENET_WEIGHTS.values())
-    assert info["sparse_bytes"] == nonzero * (4 + 4) + row_ptrs * 4 + N_BIASES * 4
-    assert info["weight_bytes"] == info["fp32_bytes"]
+    assert info.sparse_bytes == nonzero * (4 + 4) + row_ptrs * 4 + N_BIASES * 4
+    assert info.weight_bytes == info.fp32_bytes
 
 
 def test_bad_input_raises_config_error() -> None:
@@ -274,8 +276,8 @@ def test_big_models_compress_and_run(arch: str) -> None:
     x = torch.randn(2, 3, 32, 32)
     for cfg in (QuantCfg("8-bit"), PruneCfg(0.5)):
         out, info = compress(m, cfg)
-        assert info["layers_compressed"] == info["layers_total"] > 20
+        assert info.layers_compressed == info.layers_total > 20
         with torch.no_grad():
             y = out.eval()(x)
         assert y.shape == (2, 10) and torch.isfinite(y).all()
-    assert info["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert info.sparsity == pytest.approx(0.5, abs=1e-3)

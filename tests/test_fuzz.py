@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from funclens.data import DataError, read_cifar_pickle, read_idx
 from funclens.metrics import check_predictions
-from funclens.report import _load_array
+from funclens.compare import read_array
 from funclens.config import FunclensError
 from funclens.store import Store, StoreError
 
@@ -74,7 +74,7 @@ def test_prediction_file_reader(tmp_path, data):
     p = tmp_path / "p.npy"
     p.write_bytes(data)
     try:
-        arr = check_predictions(_load_array(p), str(p))
+        arr = check_predictions(read_array(p), str(p))
     except FunclensError:
         return
     assert arr.ndim == 2 and np.isfinite(arr).all()

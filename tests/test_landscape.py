@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from funclens.landscape import LandscapeError, embed, plot_accuracy_vs_distance, plot_landscape
-from funclens.metrics import pairwise
+from funclens.landscape import (
+    LandscapeError, embed, plot_accuracy_vs_distance, plot_distance_matrix, plot_landscape,
+)
+from funclens.pairwise import pairwise
+from funclens.plan import ROLES
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -77,35 +80,68 @@ def points_for(m: int) -> list[dict]:
     return pts
 
 
-def test_plot_landscape_saves_png(tmp_path):
+def drawn(fig: Figure, path, dpi: int = 80) -> tuple[tuple[int, int], float]:
+    """Save ``fig`` and read it back: (height, width) in pixels and the fraction of pixels that are not white."""
+    from matplotlib.image import imread
+
+    fig.savefig(path, dpi=dpi)
+    img = imread(path)[..., :3]
+    return img.shape[:2], float(np.mean(np.any(img < 0.97, axis=-1)))
+
+
+def legend_texts(fig: Figure) -> list[str]:
+    return [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+
+
+def test_plot_landscape_draws_every_role_with_its_letter(tmp_path):
     preds = checkpoints(m=12)
     fig = plot_landscape(embed(preds), points_for(12), title="digits / lenet")
     assert isinstance(fig, Figure)
-    out = tmp_path / "landscape.png"
-    fig.savefig(out, dpi=80)
-    assert out.stat().st_size > 1024
+    assert legend_texts(fig) == [f"{r.letter}  {r.legend}" for r in ROLES.values()]
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert sorted(t for t in texts if len(t) == 1) == sorted("BIDCQPP")   # one big letter per final checkpoint
+    assert {"8-bit", "30%", "alpha=0.5 s2"} <= set(texts)
+    (h, w), ink = drawn(fig, tmp_path / "landscape.png")
+    assert (h, w) == (520, 600) and 0.02 < ink < 0.6
     with pytest.raises(LandscapeError):
         plot_landscape(np.zeros((3, 2)), points_for(12), title="x")
 
 
-def test_plot_accuracy_vs_distance_saves_png(tmp_path):
+def test_plot_accuracy_vs_distance_shows_each_role_and_skips_undefined_rows(tmp_path):
     rows = [
-        {"method": "quantize", "setting": "8-bit", "accuracy_deviation_pct": -0.05, "rfd": 0.13,
-         "rfd_ci": [0.09, 0.18]},
-        {"method": "prune", "setting": "90%", "accuracy_deviation_pct": -78.5, "rfd": 1.4, "rfd_ci": [1.3, 1.5],
-         "accuracy_deviation_std": None},
-        {"method": "distill", "setting": "alpha=0.5", "accuracy_deviation_pct": 0.4, "rfd": 0.7,
-         "rfd_ci": [0.6, 0.8], "accuracy_deviation_std": 0.2},
+        {"method": "quantize", "role": "quantize", "setting": "8-bit", "accuracy_deviation_pct": -0.05,
+         "rfd": 0.13, "rfd_ci": [0.09, 0.18]},
+        {"method": "prune", "role": "prune", "setting": "90%", "accuracy_deviation_pct": -78.5, "rfd": 1.4,
+         "rfd_ci": [1.3, 1.5], "accuracy_deviation_std": None},
+        {"method": "distill", "role": "control", "setting": "control alpha=0.5", "accuracy_deviation_pct": 0.4,
+         "rfd": 0.7, "rfd_ci": [0.6, 0.8], "accuracy_deviation_std": 0.2},
         {"method": "independent", "setting": "seed 1", "accuracy_deviation_pct": 0.1, "rfd": 1.0,
-         "rfd_ci": [0.9, float("inf")]},
-        {"method": "prune", "setting": "broken", "accuracy_deviation_pct": 0.0, "rfd": float("nan"),
-         "rfd_ci": [float("nan"), float("nan")]},
+         "rfd_ci": [0.9, None]},                              # an infinite upper end, as summary.json writes it
+        {"method": "prune", "setting": "broken", "accuracy_deviation_pct": 0.0, "rfd": None,
+         "rfd_ci": [None, None]},
     ]
     fig = plot_accuracy_vs_distance(rows, title="mnist / lenet")
-    assert isinstance(fig, Figure)
-    out = tmp_path / "acc.png"
-    fig.savefig(out, dpi=80)
-    assert out.stat().st_size > 1024
+    assert legend_texts(fig)[:4] == ["quantization", "pruning", "control student", "independent"]
+    notes = [t.get_text() for t in fig.axes[0].texts]
+    assert "1 row(s) without a finite RFD not shown" in notes
+    assert fig.axes[0].get_yscale() == "symlog"               # -78.5% would squeeze the others
+    (h, w), ink = drawn(fig, tmp_path / "acc.png")
+    assert (h, w) == (440, 600) and 0.02 < ink < 0.95   # the verdict regions are shaded
     empty = plot_accuracy_vs_distance([], title="empty")
-    empty.savefig(tmp_path / "empty.png", dpi=60)
-    assert (tmp_path / "empty.png").stat().st_size > 1024
+    assert "no rows with a finite RFD" in [t.get_text() for t in empty.axes[0].texts]
+
+
+def test_plot_distance_matrix_orders_by_role_and_keeps_the_values(tmp_path):
+    pts = [{"role": "prune", "label": "50%"}, {"role": "base", "label": "seed=0"},
+           {"role": "independent", "label": "seed=1"}, {"role": "quantize", "label": "8-bit"}]
+    d = pairwise([p for p in checkpoints(m=4)], "disagreement")
+    fig = plot_distance_matrix(d, pts, metric="disagreement", title="digits")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["B seed=0", "I seed=1", "Q 8-bit", "P 50%"]
+    order = [1, 2, 3, 0]
+    np.testing.assert_array_equal(ax.images[0].get_array(), d[np.ix_(order, order)])
+    assert "fraction of test inputs" in fig.axes[1].get_ylabel()     # the colour bar says the unit
+    (h, w), ink = drawn(fig, tmp_path / "distances.png")
+    assert h > 300 and w > 300 and ink > 0.2
+    with pytest.raises(LandscapeError):
+        plot_distance_matrix(d, pts[:3], metric="disagreement", title="x")

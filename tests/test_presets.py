@@ -45,7 +45,7 @@ def test_report_over_a_folder_of_studies_writes_a_combined_report(tmp_path):
     assert all(x["8-bit"] != "" and x["50%"] != "" for x in rows)
     combined = json.loads((parent / "summary.json").read_text())
     assert [s["arch"] for s in combined["studies"]] == ["lenet", "mobilenet_v1"]
-    assert (parent / "report.html").read_text().count("data:image/png;base64,") == 4
+    assert (parent / "report.html").read_text().count("data:image/png;base64,") == 6   # 3 figures per study
 
 
 def test_the_reproduction_study_files_are_the_paper_grid_reduced_and_say_so():

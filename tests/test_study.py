@@ -66,7 +66,7 @@ def test_report_files_exist_and_rebuild_from_the_store_alone(quick):
     assert r.returncode == 0, r.stderr
     assert json.loads((quick / "summary.json").read_text()) == before
     html = (quick / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 2 and "preserves" in html and "0.5" in html
+    assert html.count("data:image/png;base64,") == 3 and "preserves" in html and "0.5" in html
 
 
 def test_report_refuses_a_damaged_run_naming_it(quick, tmp_path):
@@ -126,7 +126,7 @@ def test_report_renders_in_headless_chromium(quick, tmp_path):
                    capture_output=True, timeout=120)
     title = re.search(r"<title>(.*?)</title>", dom, re.S).group(1)
     images = json.loads(title.replace("&quot;", '"'))
-    assert len(images) == 2 and all(done and width > 200 for done, width in images), images
+    assert len(images) == 3 and all(done and width > 200 for done, width in images), images
     assert shot.stat().st_size > 20_000  # a rendered page with figures, not a blank one
 
 

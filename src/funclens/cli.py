@@ -141,9 +141,9 @@ def compare(
     Independent models (for RFD's denominator) are passed with an ``indep:`` prefix, e.g.
     ``funclens compare base.npy q8.npy indep:seed1.npy indep:seed2.npy``.
     """
-    from funclens.report import compare_table
+    from funclens.compare import compare_items, render
 
-    typer.echo(compare_table(items, labels=labels, metric=metric, as_json=as_json))
+    typer.echo(render(compare_items(items, labels=labels, metric=metric), as_json=as_json))
 
 
 @app.command()

@@ -188,11 +188,9 @@ def _compress_run(spec: RunSpec, ctx: RunContext, store: Store, data: Dataset) -
     # torch's quantized modules run on the CPU only
     probs, m = evaluate(cmodel, data, device="cpu", channels_last=ctx.channels_last)
     store.save_preds(rid, 0, probs)
-    packed = info.pop("packed", None)
-    loadable = info.get("loadable", True)
-    store.finish(rid, state_dict=cmodel.state_dict() if loadable else None, packed=packed,
-                 metrics={**m, **info, "device": "cpu", "precision": "fp32", "channels_last": ctx.channels_last,
-                          "test_images": len(data.test_x)})
+    store.finish(rid, state_dict=cmodel.state_dict() if info.loadable else None, packed=info.packed,
+                 metrics={**m, **info.to_json(), "device": "cpu", "precision": "fp32",
+                          "channels_last": ctx.channels_last, "test_images": len(data.test_x)})
 
 
 KILL_AFTER_ENV = "FUNCLENS_KILL_AFTER"

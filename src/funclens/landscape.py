@@ -1,5 +1,7 @@
 """Functional landscape: every checkpoint's test-set predictions as one point in the plane (after Fort et al. 2019,
-"Deep Ensembles: A Loss Landscape Perspective"), and the report's two figures.
+"Deep Ensembles: A Loss Landscape Perspective"), and the report's figures: the landscape, accuracy against RFD,
+and the matrix of distances among the final models. Roles' letters and colours come from
+:data:`funclens.plan.ROLES`.
 
 Pure functions of arrays: nothing here opens or writes a file. Figures are built on ``matplotlib.figure.Figure``
 directly, without pyplot, so no global backend or figure registry is touched; ``fig.savefig(path)`` renders
@@ -25,18 +27,14 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
 from funclens.config import FunclensError
-from funclens.metrics import INDEPENDENT_ABOVE, PRESERVE_BELOW, Preds, sqrt_gram
+from funclens.metrics import METRIC_UNITS
+from funclens.plan import ROLES
+from funclens.pairwise import Preds, sqrt_gram
+from funclens.rfd import INDEPENDENT_ABOVE, PRESERVE_BELOW
 
-# role -> (letter, colour, legend text); letters as in the paper's figures
-ROLES: dict[str, tuple[str, str, str]] = {
-    "base": ("B", "black", "base"),
-    "independent": ("I", "tab:blue", "independent"),
-    "student": ("D", "tab:green", "distillation"),
-    "control": ("C", "tab:olive", "control student"),
-    "quantize": ("Q", "tab:red", "quantization"),
-    "prune": ("P", "tab:purple", "pruning"),
-}
-METHOD_COLOURS = {"independent": "tab:blue", "distill": "tab:green", "quantize": "tab:red", "prune": "tab:purple"}
+# rows without a role (the Python API's) take the colour of the first role with their method
+_ROLE_OF_METHOD = {r.method: r for r in reversed(ROLES.values())}
+_ROLE_ORDER = {name: k for k, name in enumerate(ROLES)}
 
 
 class LandscapeError(FunclensError):
@@ -64,7 +62,7 @@ def embed(preds: Preds, *, seed: int = 0, n_components_pca: int = 50, perplexity
     """Embed M checkpoints in the plane: one point per prediction array, nearby points compute similar functions.
 
     Each ``[N, C]`` array is read as its flattened sqrt-probability vector, so Euclidean distance between two
-    checkpoints is ``sqrt(2 N)`` times their Hellinger distance (:func:`funclens.metrics.pairwise`). PCA to
+    checkpoints is ``sqrt(2 N)`` times their Hellinger distance (:func:`funclens.pairwise.pairwise`). PCA to
     ``n_components_pca`` dimensions is done exactly and cheaply through the ``[M, M]`` Gram matrix (classical MDS:
     eigenvectors of the centred Gram matrix scaled by sqrt of the eigenvalues are the PCA scores), computed in
     chunks of inputs, so the ``[M, N*C]`` matrix is never materialised (300 CIFAR-100 checkpoints: ~150 MiB
@@ -116,8 +114,11 @@ def embed(preds: Preds, *, seed: int = 0, n_components_pca: int = 50, perplexity
 
 
 def _role(point: Mapping[str, Any]) -> tuple[str, str, str]:
-    letter, colour, text = ROLES.get(point.get("role", ""), ("?", "tab:gray", str(point.get("role", "other"))))
-    return point.get("letter") or letter, colour, text
+    """(letter, colour, legend text) of a point or row: from its role, else its method, else grey."""
+    role = ROLES.get(point.get("role", "")) or _ROLE_OF_METHOD.get(point.get("method", ""))
+    if role is None:
+        return point.get("letter") or "?", "tab:gray", str(point.get("role") or point.get("method") or "other")
+    return point.get("letter") or role.letter, role.colour, role.legend
 
 
 def plot_landscape(coords: np.ndarray, points: Sequence[Mapping[str, Any]], *, title: str) -> Figure:
@@ -180,57 +181,57 @@ def plot_landscape(coords: np.ndarray, points: Sequence[Mapping[str, Any]], *, t
     return fig
 
 
-def plot_accuracy_vs_distance(rows: Sequence[Mapping[str, Any]], *, title: str) -> Figure:
-    """Accuracy deviation (%) against RFD with its bootstrap interval, one point per summary row.
+def _plottable(row: Mapping[str, Any]) -> tuple[float, float, float, float] | None:
+    """(rfd, accuracy deviation, interval's lower end, upper end as drawn), or None when not finite.
 
-    The verdict regions are shaded: left of ``PRESERVE_BELOW`` a model "preserves" the function if its whole
-    interval lies there, right of ``INDEPENDENT_ABOVE`` it is "independent-like" if its whole interval lies there;
-    the dashed line at RFD = 1 is where independently trained models sit. Rows without a finite RFD and accuracy
-    deviation are left out, and the figure says how many.
-
-    Args:
-        rows: dicts with ``method``, ``setting``, ``accuracy_deviation_pct``, ``rfd``, ``rfd_ci`` (``[lo, hi]``)
-            and optionally ``accuracy_deviation_std`` (drawn as a vertical error bar), as in ``summary.json``.
-        title: the axes title.
-
-    Returns:
-        a ``matplotlib.figure.Figure``.
-
-    Example:
-        >>> fig = plot_accuracy_vs_distance([{"method": "quantize", "setting": "8-bit", "rfd": 0.1,
-        ...                                   "rfd_ci": [0.05, 0.2], "accuracy_deviation_pct": -0.1}], title="demo")
+    An upper end that is infinite or missing (``summary.json`` writes inf as null) is drawn to
+    ``max(3, 2 * rfd)``, so it stays on the page while still reading as "very wide".
     """
-    fig = Figure(figsize=(7.5, 5.5), layout="constrained")
-    ax = fig.add_subplot()
-    shown, skipped, xmax = 0, 0, 1.15
-    methods: dict[str, str] = {}
+    r, acc = row.get("rfd"), row.get("accuracy_deviation_pct")
+    if r is None or acc is None or not (np.isfinite(r) and np.isfinite(acc)):
+        return None
+    lo, hi = (list(row.get("rfd_ci") or [r, r]) + [None, None])[:2]
+    lo = r if lo is None or not np.isfinite(lo) else lo
+    hi = r if hi is not None and np.isnan(hi) else min(np.inf if hi is None else hi, max(3.0, 2 * r))
+    return float(r), float(acc), float(lo), float(hi)
+
+
+def _draw_rows(ax, rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, str], int, float]:
+    """One point with its interval per plottable row; returns legend text -> colour, rows skipped, x extent."""
+    styles: dict[str, str] = {}
+    skipped, xmax = 0, 1.15
     for row in rows:
-        r, acc = row.get("rfd"), row.get("accuracy_deviation_pct")
-        if r is None or acc is None or not (np.isfinite(r) and np.isfinite(acc)):
+        pt = _plottable(row)
+        if pt is None:
             skipped += 1
             continue
-        lo, hi = (row.get("rfd_ci") or [r, r])[:2]
-        lo = r if lo is None or not np.isfinite(lo) else lo
-        hi_draw = r if hi is None or np.isnan(hi) else min(hi, max(3.0, 2 * r))   # keep an inf end on the page
-        method = str(row.get("method", "other"))
-        colour = methods.setdefault(method, METHOD_COLOURS.get(method, f"C{len(methods) % 10}"))
+        r, acc, lo, hi = pt
+        _, colour, text = _role(row)
+        styles.setdefault(text, colour)
         std = row.get("accuracy_deviation_std")
-        ax.errorbar([r], [acc], xerr=[[max(r - lo, 0.0)], [max(hi_draw - r, 0.0)]],
+        ax.errorbar([r], [acc], xerr=[[max(r - lo, 0.0)], [max(hi - r, 0.0)]],
                     yerr=None if std is None else [[std], [std]], fmt="o", color=colour, ms=5, capsize=3,
                     elinewidth=1, zorder=3)
         ax.annotate(str(row.get("setting", "")), (r, acc), xytext=(5, 5), textcoords="offset points", fontsize=7,
                     color=colour)
-        xmax = max(xmax, hi_draw * 1.05, r * 1.05)
-        shown += 1
+        xmax = max(xmax, hi * 1.05, r * 1.05)
+    return styles, skipped, xmax
+
+
+def _draw_regions(ax, xmax: float) -> None:
+    """The verdict regions, and the line where independently trained models sit."""
     ax.axvspan(0.0, PRESERVE_BELOW, color="tab:green", alpha=0.08, zorder=0)
     ax.axvspan(INDEPENDENT_ABOVE, xmax, color="tab:red", alpha=0.08, zorder=0)
     ax.axvline(1.0, color="0.35", ls="--", lw=1, zorder=1)
     ax.text(1.0, 0.98, " independent models", transform=ax.get_xaxis_transform(), rotation=90, ha="right",
             va="top", fontsize=8, color="0.35")
     ax.axhline(0.0, color="0.6", lw=0.7, zorder=1)
-    ax.set_xlim(0.0, xmax)
+
+
+def _set_scales(ax, rows: Sequence[Mapping[str, Any]], xmax: float) -> None:
     # Heavily pruned models can sit at RFD 100 and -80% accuracy, squeezing every other model into a corner:
     # past these bounds the axes turn logarithmic, keeping the region that decides verdicts linear.
+    ax.set_xlim(0.0, xmax)
     plain = FuncFormatter(lambda v, _pos: f"{v:g}")
     if xmax > 4.0:
         ax.set_xscale("symlog", linthresh=2.0, linscale=2.0)
@@ -239,16 +240,89 @@ def plot_accuracy_vs_distance(rows: Sequence[Mapping[str, Any]], *, title: str) 
     if any(d is not None and np.isfinite(d) and abs(d) > 10 for d in devs):
         ax.set_yscale("symlog", linthresh=1.0)
         ax.yaxis.set_major_formatter(plain)
-    handles = [Line2D([], [], color=c, marker="o", ls="", label=m) for m, c in methods.items()]
+
+
+def plot_accuracy_vs_distance(rows: Sequence[Mapping[str, Any]], *, title: str) -> Figure:
+    """Accuracy deviation (%) against RFD with its bootstrap interval, one point per summary row.
+
+    The verdict regions are shaded: left of ``PRESERVE_BELOW`` a model "preserves" the function if its whole
+    interval lies there, right of ``INDEPENDENT_ABOVE`` it is "independent-like" if its whole interval lies there;
+    the dashed line at RFD = 1 is where independently trained models sit. Points are coloured by role
+    (:data:`funclens.plan.ROLES`; rows without one by their method). Rows without a finite RFD and accuracy
+    deviation are left out, and the figure says how many.
+
+    Args:
+        rows: dicts with ``method``, ``setting``, ``accuracy_deviation_pct``, ``rfd``, ``rfd_ci`` (``[lo, hi]``),
+            optionally ``role`` and ``accuracy_deviation_std`` (drawn as a vertical error bar), as in
+            ``summary.json``.
+        title: the axes title.
+
+    Returns:
+        a ``matplotlib.figure.Figure``.
+
+    Example:
+        >>> fig = plot_accuracy_vs_distance([{"method": "quantize", "setting": "8-bit", "rfd": 0.1,
+        ...                                   "rfd_ci": [0.05, 0.2], "accuracy_deviation_pct": -0.1}], title="demo")
+        >>> [t.get_text() for t in fig.axes[0].get_legend().get_texts()][0]
+        'quantization'
+    """
+    fig = Figure(figsize=(7.5, 5.5), layout="constrained")
+    ax = fig.add_subplot()
+    styles, skipped, xmax = _draw_rows(ax, rows)
+    _draw_regions(ax, xmax)
+    _set_scales(ax, rows, xmax)
+    handles = [Line2D([], [], color=c, marker="o", ls="", label=text) for text, c in styles.items()]
     handles += [Patch(color="tab:green", alpha=0.25, label=f"preserves: CI upper end < {PRESERVE_BELOW}"),
                 Patch(color="tab:red", alpha=0.25, label=f"independent-like: CI lower end > {INDEPENDENT_ABOVE}")]
     ax.legend(handles=handles, loc="best", fontsize=8, framealpha=0.85)
-    if shown == 0:
+    if not styles:
         ax.text(0.5, 0.5, "no rows with a finite RFD", transform=ax.transAxes, ha="center", va="center")
     if skipped:
         ax.text(0.99, 0.01, f"{skipped} row(s) without a finite RFD not shown", transform=ax.transAxes,
                 ha="right", va="bottom", fontsize=7, color="0.4")
     ax.set_xlabel("relative functional distance to the base (RFD, 95% bootstrap CI)")
     ax.set_ylabel("accuracy deviation from the base (%)")
+    ax.set_title(title)
+    return fig
+
+
+def plot_distance_matrix(dist: np.ndarray, points: Sequence[Mapping[str, Any]], *, metric: str,
+                         title: str) -> Figure:
+    """Heatmap of the distances among final models, ordered by role, so clusters of similar functions show.
+
+    Args:
+        dist: ``[M, M]`` distances, e.g. :func:`funclens.pairwise.pairwise` of the final predictions.
+        points: M dicts, one per row of ``dist``: ``role`` (a key of :data:`funclens.plan.ROLES`) and ``label``
+            (e.g. the setting); rows and columns are shown in the roles' order, labelled letter + label.
+        metric: the distance's name, for the colour bar (with its unit).
+        title: the axes title.
+
+    Returns:
+        a ``matplotlib.figure.Figure``.
+
+    Example:
+        >>> fig = plot_distance_matrix(np.array([[0.0, 0.2], [0.2, 0.0]]),
+        ...     [{"role": "quantize", "label": "8-bit"}, {"role": "base", "label": "seed=0"}],
+        ...     metric="disagreement", title="demo")
+        >>> [t.get_text() for t in fig.axes[0].get_yticklabels()]
+        ['B seed=0', 'Q 8-bit']
+    """
+    dist = np.asarray(dist, dtype=np.float64)
+    m = len(points)
+    if dist.shape != (m, m):
+        raise LandscapeError(f"need distances [M, M] and M point descriptions, got {dist.shape} and {m}")
+    order = sorted(range(m), key=lambda i: (_ROLE_ORDER.get(points[i].get("role", ""), len(ROLES)), i))
+    styles = [_role(points[i]) for i in order]
+    labels = [f"{letter} {points[i].get('label', '')}".strip() for i, (letter, _, _) in zip(order, styles)]
+    side = min(16.0, max(4.5, 0.25 * m + 2.5))   # inches: room for one label line per model
+    fig = Figure(figsize=(side + 1.5, side), layout="constrained")
+    ax = fig.add_subplot()
+    im = ax.imshow(dist[np.ix_(order, order)], cmap="viridis", vmin=0.0, interpolation="nearest")
+    ax.set_xticks(range(m), labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(m), labels, fontsize=7)
+    for ticks in (ax.get_xticklabels(), ax.get_yticklabels()):
+        for t, (_, colour, _) in zip(ticks, styles):
+            t.set_color(colour)
+    fig.colorbar(im, ax=ax, shrink=0.8, label=f"{metric} ({METRIC_UNITS.get(metric, '')})")
     ax.set_title(title)
     return fig

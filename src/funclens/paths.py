@@ -85,3 +85,32 @@ def figures_dir(out: Path) -> Path:
 def outputs_file(out: Path) -> Path:
     """The sha256 of every report file (summary, tables, figures, report.md/html), written last."""
     return Path(out) / "outputs.json"
+
+
+def accuracy_table(out: Path, ext: str) -> Path:
+    """The paper's Tables 1-3 layout (accuracy deviation per setting); ``ext`` is ``"csv"`` or ``"md"``."""
+    return tables_dir(out) / f"accuracy_deviation.{ext}"
+
+
+def distance_table(out: Path, ext: str) -> Path:
+    """Functional distance, RFD and verdict of every row; ``ext`` is ``"csv"`` or ``"md"``."""
+    return tables_dir(out) / f"functional_distance.{ext}"
+
+
+def landscape_table(out: Path) -> Path:
+    """The landscape's 2-D coordinates of every checkpoint, so the figure can be checked and redrawn."""
+    return tables_dir(out) / "landscape.csv"
+
+
+def landscape_figure(out: Path) -> Path:
+    return figures_dir(out) / "landscape.png"
+
+
+def accuracy_figure(out: Path) -> Path:
+    """Accuracy deviation against RFD."""
+    return figures_dir(out) / "accuracy_vs_distance.png"
+
+
+def distances_figure(out: Path) -> Path:
+    """The matrix of distances among all final models."""
+    return figures_dir(out) / "distances.png"

@@ -5,6 +5,8 @@ Example:
     >>> runs = plan(preset_study("quick"))
     >>> [r.role for r in runs][:3]
     ['base', 'independent', 'independent']
+    >>> ROLES["quantize"].letter, ROLES["control"].method
+    ('Q', 'distill')
 """
 
 from __future__ import annotations
@@ -14,16 +16,34 @@ from dataclasses import dataclass
 
 from funclens.config import DistillCfg, PruneCfg, QuantCfg, RunSpec, StudyCfg
 
-ROLES = ("base", "independent", "student", "control", "quantize", "prune")
-# Letters of the paper's figures: B base, I independent, D distillation, Q quantization, P pruning;
-# C marks our random-control students.
-LETTERS = {"base": "B", "independent": "I", "student": "D", "control": "C", "quantize": "Q", "prune": "P"}
+
+@dataclass(frozen=True)
+class Role:
+    """What a run is in a study, and how every table and figure shows it."""
+
+    name: str
+    method: str   # summary.json's "method" for rows of this role
+    letter: str   # the paper's figure letters: B base, I independent, D distillation, Q quantization, P pruning
+    colour: str   # a matplotlib colour, the same in every figure
+    legend: str   # legend text
+
+
+# The one table of roles, in the order tables and figures list them. C marks the random-control students:
+# distilled like the others, but from an independent model instead of the base.
+ROLES: dict[str, Role] = {r.name: r for r in (
+    Role("base", "base", "B", "black", "base"),
+    Role("independent", "independent", "I", "tab:blue", "independent"),
+    Role("student", "distill", "D", "tab:green", "distillation"),
+    Role("control", "distill", "C", "tab:olive", "control student"),
+    Role("quantize", "quantize", "Q", "tab:red", "quantization"),
+    Role("prune", "prune", "P", "tab:purple", "pruning"),
+)}
 
 
 @dataclass(frozen=True)
 class PlannedRun:
     spec: RunSpec
-    role: str  # one of ROLES
+    role: str  # a key of ROLES
     setting: str  # reads like the paper's column heads: "alpha=0.5", "8-bit", "30%", "seed=1"
     seed: int | None = None
 
@@ -33,7 +53,7 @@ class PlannedRun:
 
     @property
     def letter(self) -> str:
-        return LETTERS[self.role]
+        return ROLES[self.role].letter
 
     def to_json(self) -> dict:
         return {"run": self.run_id, "role": self.role, "setting": self.setting, "seed": self.seed,

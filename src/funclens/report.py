@@ -13,17 +13,24 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from funclens import __version__, metrics, paths
 from funclens.config import FunclensError, StudyCfg, from_dict
-from funclens.plan import LETTERS
+from funclens.pairwise import pairwise
+from funclens.plan import ROLES
+from funclens.rfd import CI, INDEPENDENT_ABOVE, N_BOOT, PRESERVE_BELOW, SEED, independent_reference, rfd
 from funclens.store import Store, StoreError, atomic_write_bytes, atomic_write_text
 
-METHOD_OF_ROLE = {"independent": "independent", "student": "distill", "control": "distill",
-                  "quantize": "quantize", "prune": "prune"}
-N_BOOT = 1000
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# roles whose runs become rows compared with the base, in the order of ROLES
+_COMPARED = ("student", "control", "quantize", "prune")
+# sizes a post-hoc run's metrics.json records, copied into its row
+_SIZE_KEYS = ("weight_bytes", "fp32_bytes", "sparse_bytes", "sparsity", "conv_layers_compressed", "layers_total")
 
 
 @dataclass
@@ -76,58 +83,80 @@ def load_study(out: Path) -> StudyView:
 
 # ---------------------------------------------------------------- analysis
 
-def _row(sv: StudyView, method: str, setting: str, members: list[RunView], ref_vecs: list[np.ndarray],
-         metric: str, seed: int) -> dict:
+def json_safe(obj):
+    """``obj`` with every non-finite float (nan, inf) replaced by None: strict JSON has no NaN.
+
+    Args:
+        obj: nested dicts, lists, tuples and scalars.
+
+    Example:
+        >>> json_safe({"a": [1.0, float("nan")], "b": float("inf")})
+        {'a': [1.0, None], 'b': None}
+    """
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def _mean_distance(base: np.ndarray, members: list[RunView], metric: str) -> float:
+    return float(np.mean([metrics.distance(base, m.final, metric) for m in members]))
+
+
+def _row(sv: StudyView, role: str, setting: str, members: list[RunView], indeps: list[RunView],
+         metric: str) -> dict:
+    """One row of ``summary.json``: ``members`` (one run, or students over seeds) against the base."""
     base = sv.base
-    num = np.mean([metrics.per_example(base.final, m.final, metric) for m in members], axis=0)
-    den = np.mean(ref_vecs, axis=0)
-    r = metrics.ratio_bootstrap(num, den, n_boot=N_BOOT, seed=seed)
+    r = rfd(base.final, [m.final for m in members], [i.final for i in indeps], metric=metric)
     devs = [metrics.accuracy_deviation(m.accuracy, base.accuracy) for m in members]
-    acc = float(np.mean([m.accuracy for m in members]))
     row = {
-        "method": method, "setting": setting, "runs": [m.run for m in members], "accuracy": acc,
+        "method": ROLES[role].method, "role": role, "setting": setting, "runs": [m.run for m in members],
+        "accuracy": float(np.mean([m.accuracy for m in members])),
         "accuracy_deviation_pct": float(np.mean(devs)),
         # the paper's (±std) over seeds; sample std (ddof=1), null for a single model
         "accuracy_deviation_std": float(np.std(devs, ddof=1)) if len(devs) > 1 else None,
-        "disagreement": float(np.mean([metrics.distance(base.final, m.final, "disagreement") for m in members])),
-        "js": float(np.mean([metrics.distance(base.final, m.final, "js") for m in members])),
-        "tv": float(np.mean([metrics.distance(base.final, m.final, "tv") for m in members])),
-        "rfd": r["ratio"], "rfd_ci": r["ci"],
-        "p_closer": r["p_less_than_one"],
-        "verdict": metrics.verdict(r["ci"]),
+        "disagreement": _mean_distance(base.final, members, "disagreement"),
+        "js": _mean_distance(base.final, members, "js"), "tv": _mean_distance(base.final, members, "tv"),
+        **r.to_json(),
     }
-    for k in ("weight_bytes", "fp32_bytes", "sparse_bytes", "sparsity", "conv_layers_compressed", "layers_total"):
-        if k in members[0].info:
-            row[k] = members[0].info[k]
+    row.update({k: members[0].info[k] for k in _SIZE_KEYS if k in members[0].info})
     return row
 
 
+def _groups(sv: StudyView) -> dict[tuple[str, str], list[RunView]]:
+    """(role, setting) -> its runs, compared roles only, in the order of ROLES then of the plan."""
+    groups: dict[tuple[str, str], list[RunView]] = {}
+    for role in _COMPARED:
+        for r in sv.of(role):
+            # a control student's setting names its role too, so that table columns stay distinct
+            groups.setdefault((role, r.setting if role != "control" else f"control {r.setting}"), []).append(r)
+    return groups
+
+
 def analyse(sv: StudyView) -> dict:
-    """The ``summary.json`` of a study (DESIGN.md's contract, plus ``tv``, ``p_closer`` and sizes)."""
+    """The ``summary.json`` of a study (DESIGN.md's contract, plus ``role``, ``tv``, ``p_closer`` and sizes).
+
+    Every row's ``rfd``, ``rfd_ci``, ``p_closer`` and ``verdict`` are :func:`funclens.rfd.rfd` of its runs' final
+    predictions against the base and all independent models, with the default bootstrap (``N_BOOT``, ``SEED``).
+    """
     metric = sv.study.metric
     base, indeps = sv.base, sv.of("independent")
-    ref_vecs = [metrics.per_example(base.final, i.final, metric) for i in indeps]
-    ref = metrics.independent_reference(base.final, [i.final for i in indeps], metric)
-    rows = []
-    for k, i in enumerate(indeps):
-        rows.append(_row(sv, "independent", i.setting, [i], ref_vecs, metric, seed=k))
-    groups: dict[tuple[str, str], list[RunView]] = {}
-    for r in sv.runs:
-        if r.role in ("student", "control", "quantize", "prune"):
-            setting = r.setting if r.role != "control" else f"control {r.setting}"
-            groups.setdefault((METHOD_OF_ROLE[r.role], setting), []).append(r)
-    for k, ((method, setting), members) in enumerate(groups.items()):
-        rows.append(_row(sv, method, setting, members, ref_vecs, metric, seed=100 + k))
-    return {
+    ref = independent_reference(base.final, [i.final for i in indeps], metric)
+    rows = [_row(sv, "independent", i.setting, [i], indeps, metric) for i in indeps]
+    rows += [_row(sv, role, setting, members, indeps, metric) for (role, setting), members in _groups(sv).items()]
+    return json_safe({
         "funclens_version": __version__, "study": sv.study.name, "dataset": sv.study.data.dataset,
         "arch": sv.study.model.arch, "num_test": int(base.final.shape[0]), "num_classes": int(base.final.shape[1]),
         "metric": metric, "base": {"run": base.run, "accuracy": base.accuracy},
         "reference": {"independent_mean": ref["mean"], "independent_std": ref["std"], "pairs": ref["pairs"],
-                      "between_independents": ref.get("between")},
-        "thresholds": {"preserves_below": metrics.PRESERVE_BELOW, "independent_above": metrics.INDEPENDENT_ABOVE,
-                       "ci": 0.95, "bootstrap": N_BOOT},
+                      "between_independents": ref["between"]},
+        "thresholds": {"preserves_below": PRESERVE_BELOW, "independent_above": INDEPENDENT_ABOVE,
+                       "ci": CI, "bootstrap": N_BOOT, "seed": SEED},
         "rows": rows,
-    }
+    })
 
 
 # ---------------------------------------------------------------- tables
@@ -137,58 +166,76 @@ def paper_columns(summary: dict) -> list[str]:
     return [r["setting"] for r in summary["rows"] if r["method"] in ("distill", "quantize", "prune")]
 
 
+def _num(v: float | None, spec: str) -> str:
+    """A number as ``spec`` formats it; empty for a value that could not be computed (``None``)."""
+    return "" if v is None else format(v, spec)
+
+
 def _fmt_dev(row: dict) -> str:
-    v = f"{row['accuracy_deviation_pct']:.2f}"
+    v = _num(row["accuracy_deviation_pct"], ".2f")
     return v + (f" (±{row['accuracy_deviation_std']:.2f})" if row["accuracy_deviation_std"] is not None else "")
 
 
-def write_tables(out: Path, summaries: list[dict]) -> tuple[str, str]:
-    """``tables/accuracy_deviation.csv`` (+ Markdown) and ``tables/functional_distance.csv``; returns both
-    Markdown tables."""
-    tdir = paths.tables_dir(out)
-    tdir.mkdir(parents=True, exist_ok=True)
-    cols = list(dict.fromkeys(c for s in summaries for c in paper_columns(s)))
+def _csv(rows: list[list[str]]) -> str:
     buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["dataset", "architecture", "base_accuracy"] + [h for c in cols for h in (c, c + " std")])
+    csv.writer(buf).writerows(rows)
+    return buf.getvalue()
+
+
+def _accuracy_tables(summaries: list[dict]) -> tuple[str, str]:
+    """The paper's Tables 1-3 layout: one row per study, one column (and its std) per setting. (CSV, Markdown)"""
+    cols = list(dict.fromkeys(c for s in summaries for c in paper_columns(s)))
+    rows = [["dataset", "architecture", "base_accuracy"] + [h for c in cols for h in (c, c + " std")]]
     md = ["| Architecture | base acc. | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for s in summaries:
         by = {r["setting"]: r for r in s["rows"]}
         cells = []
         for c in cols:
-            r = by.get(c)
-            cells += ([f"{r['accuracy_deviation_pct']:.4f}",
-                       "" if r["accuracy_deviation_std"] is None else f"{r['accuracy_deviation_std']:.4f}"]
-                      if r else ["", ""])
-        w.writerow([s["dataset"], s["arch"], f"{s['base']['accuracy']:.4f}"] + cells)
+            r = by.get(c, {"accuracy_deviation_pct": None, "accuracy_deviation_std": None})
+            cells += [_num(r["accuracy_deviation_pct"], ".4f"), _num(r["accuracy_deviation_std"], ".4f")]
+        rows.append([s["dataset"], s["arch"], f"{s['base']['accuracy']:.4f}"] + cells)
         md.append(f"| {s['arch']} | {100 * s['base']['accuracy']:.2f}% | "
                   + " | ".join(_fmt_dev(by[c]) if c in by else "" for c in cols) + " |")
-    atomic_write_text(tdir / "accuracy_deviation.csv", buf.getvalue())
-    acc_md = "\n".join(md) + "\n"
-    atomic_write_text(tdir / "accuracy_deviation.md", acc_md)
+    return _csv(rows), "\n".join(md) + "\n"
 
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["dataset", "architecture", "method", "setting", "runs", "accuracy", "accuracy_deviation_pct",
-                "disagreement", "js", "tv", "rfd", "rfd_lo", "rfd_hi", "p_closer", "verdict"])
-    md = ["| Architecture | method | setting | acc. dev. % | disagreement | JS | RFD [95% CI] | p(closer) | verdict |",
-          "|---|---|---|---|---|---|---|---|---|"]
+
+def _distance_tables(summaries: list[dict]) -> tuple[str, str]:
+    """Distances, RFD with its interval, p and verdict of every row. (CSV, Markdown)"""
+    rows = [["dataset", "architecture", "role", "method", "setting", "runs", "accuracy", "accuracy_deviation_pct",
+             "disagreement", "js", "tv", "rfd", "rfd_lo", "rfd_hi", "p_closer", "verdict"]]
+    md = ["| Architecture | method | setting | acc. dev. % | disagreement | JS (bits) | RFD [95% CI] | p(closer) | "
+          "verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         for r in s["rows"]:
-            w.writerow([s["dataset"], s["arch"], r["method"], r["setting"], " ".join(r["runs"]),
-                        f"{r['accuracy']:.4f}", f"{r['accuracy_deviation_pct']:.4f}", f"{r['disagreement']:.6f}",
-                        f"{r['js']:.6f}", f"{r['tv']:.6f}", f"{r['rfd']:.4f}", f"{r['rfd_ci'][0]:.4f}",
-                        f"{r['rfd_ci'][1]:.4f}", f"{r['p_closer']:.4f}", r["verdict"]])
+            lo, hi = r["rfd_ci"]
+            rows.append([s["dataset"], s["arch"], r.get("role", ""), r["method"], r["setting"], " ".join(r["runs"]),
+                         f"{r['accuracy']:.4f}", _num(r["accuracy_deviation_pct"], ".4f"),
+                         f"{r['disagreement']:.6f}", f"{r['js']:.6f}", f"{r['tv']:.6f}", _num(r["rfd"], ".4f"),
+                         _num(lo, ".4f"), _num(hi, ".4f"), f"{r['p_closer']:.4f}", r["verdict"]])
             md.append(f"| {s['arch']} | {r['method']} | {r['setting']} | {_fmt_dev(r)} | {r['disagreement']:.4f} | "
-                      f"{r['js']:.4f} | {r['rfd']:.2f} [{r['rfd_ci'][0]:.2f}, {r['rfd_ci'][1]:.2f}] | "
-                      f"{r['p_closer']:.3f} | {r['verdict']} |")
-    atomic_write_text(tdir / "functional_distance.csv", buf.getvalue())
-    dist_md = "\n".join(md) + "\n"
-    atomic_write_text(tdir / "functional_distance.md", dist_md)
-    return acc_md, dist_md
+                      f"{r['js']:.4f} | {_ci(r)} | {_p(r)} | {r['verdict']} |")
+    return _csv(rows), "\n".join(md) + "\n"
+
+
+def write_tables(out: Path, summaries: list[dict]) -> tuple[str, str]:
+    """``tables/accuracy_deviation`` and ``tables/functional_distance``, each as CSV and Markdown; returns both
+    Markdown tables."""
+    paths.tables_dir(out).mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, (text_csv, text_md) in (("accuracy", _accuracy_tables(summaries)),
+                                      ("distance", _distance_tables(summaries))):
+        file_of = paths.accuracy_table if name == "accuracy" else paths.distance_table
+        atomic_write_text(file_of(out, "csv"), text_csv)
+        atomic_write_text(file_of(out, "md"), text_md)
+        written.append(text_md)
+    return written[0], written[1]
 
 
 # ---------------------------------------------------------------- figures
+
+def _final_label(r: RunView) -> str:
+    return r.setting if r.role not in ("student", "control") else f"{r.setting} s{r.seed}"
+
 
 def _landscape_points(sv: StudyView) -> tuple[list[np.ndarray], list[dict]]:
     """Every checkpoint: each epoch of every trajectory, and every post-hoc model."""
@@ -197,9 +244,8 @@ def _landscape_points(sv: StudyView) -> tuple[list[np.ndarray], list[dict]]:
     for r in sv.runs:
         for e in r.epochs:
             preds.append(r.final if e == r.epochs[-1] else store.load_preds(r.run, e))
-            label = r.setting if r.role not in ("student", "control") else f"{r.setting} s{r.seed}"
-            points.append({"role": r.role, "letter": LETTERS[r.role],
-                           "label": label, "trajectory": r.run, "epoch": e, "final": e == r.epochs[-1]})
+            points.append({"role": r.role, "letter": ROLES[r.role].letter, "label": _final_label(r),
+                           "trajectory": r.run, "epoch": e, "final": e == r.epochs[-1]})
     return preds, points
 
 
@@ -209,32 +255,90 @@ def _save_fig(fig, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def write_figures(sv: StudyView, summary: dict) -> list[Path]:
+def _write_landscape_table(out: Path, coords: np.ndarray, points: list[dict]) -> None:
+    """The embedding itself, so the picture can be checked and redrawn elsewhere."""
+    rows = [["run", "role", "label", "epoch", "x", "y"]]
+    rows += [[p["trajectory"], p["role"], p["label"], p["epoch"], f"{x:.6f}", f"{y:.6f}"]
+             for (x, y), p in zip(coords, points)]
+    paths.tables_dir(out).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(paths.landscape_table(out), _csv(rows))
+
+
+def figures(sv: StudyView, summary: dict) -> dict[Path, Figure]:
+    """The report's figures as matplotlib Figures, by file path (not yet saved); writes the landscape table."""
     from funclens import landscape
 
-    fdir = paths.figures_dir(sv.out)
-    fdir.mkdir(parents=True, exist_ok=True)
     preds, points = _landscape_points(sv)
     coords = landscape.embed(preds, seed=0)
-    buf = io.StringIO()  # the embedding itself, so the picture can be checked and redrawn elsewhere
-    w = csv.writer(buf)
-    w.writerow(["run", "role", "label", "epoch", "x", "y"])
-    for (x, y), p in zip(coords, points):
-        w.writerow([p["trajectory"], p["role"], p["label"], p["epoch"], f"{x:.6f}", f"{y:.6f}"])
-    paths.tables_dir(sv.out).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(paths.tables_dir(sv.out) / "landscape.csv", buf.getvalue())
-    title = f"Functional landscape: {sv.study.model.arch} on {sv.study.data.dataset}"
-    _save_fig(landscape.plot_landscape(coords, points, title=title), fdir / "landscape.png")
-    _save_fig(landscape.plot_accuracy_vs_distance(
-        summary["rows"], title=f"Accuracy deviation vs functional distance: {sv.study.model.arch} on {sv.study.data.dataset}"),
-        fdir / "accuracy_vs_distance.png")
-    return [fdir / "landscape.png", fdir / "accuracy_vs_distance.png"]
+    _write_landscape_table(sv.out, coords, points)
+    what = f"{sv.study.model.arch} on {sv.study.data.dataset}"
+    metric = summary["metric"]
+    dist = pairwise([r.final for r in sv.runs], metric)
+    return {
+        paths.landscape_figure(sv.out): landscape.plot_landscape(coords, points,
+                                                                 title=f"Functional landscape: {what}"),
+        paths.accuracy_figure(sv.out): landscape.plot_accuracy_vs_distance(
+            summary["rows"], title=f"Accuracy deviation vs functional distance: {what}"),
+        paths.distances_figure(sv.out): landscape.plot_distance_matrix(
+            dist, [{"role": r.role, "label": _final_label(r)} for r in sv.runs], metric=metric,
+            title=f"Functional distance among all final models: {what}"),
+    }
+
+
+def write_figures(sv: StudyView, summary: dict) -> list[Path]:
+    """Save :func:`figures` as PNG files under ``figures/``; returns their paths."""
+    paths.figures_dir(sv.out).mkdir(parents=True, exist_ok=True)
+    figs = figures(sv, summary)
+    for path, fig in figs.items():
+        _save_fig(fig, path)
+    return list(figs)
 
 
 # ---------------------------------------------------------------- words
 
 def _ci(r: dict) -> str:
-    return f"{r['rfd']:.2f} [{r['rfd_ci'][0]:.2f}, {r['rfd_ci'][1]:.2f}]"
+    if r["rfd"] is None:
+        return "undefined"
+    lo, hi = (_num(v, ".2f") or "inf" for v in r["rfd_ci"])
+    return f"{r['rfd']:.2f} [{lo}, {hi}]"
+
+
+def _p(r: dict) -> str:
+    """p at the bootstrap's floor 1 / (B + 1) says only that it is below 1 / B."""
+    return f"< {1 / N_BOOT:.3g}" if r["p_closer"] <= 1 / (N_BOOT + 1) + 1e-12 else f"= {r['p_closer']:.3f}"
+
+
+_WORDS = {"preserves": "preserves the base function",
+          "partial": "moves part of the way toward an independent model",
+          "independent-like": "is at least as different from the base as an independently trained model",
+          "undetermined": "cannot be decided"}
+
+
+def _row_sentence(r: dict) -> str:
+    s = (f"{r['method']} {r['setting']}: RFD {_ci(r)}, accuracy deviation {_fmt_dev(r)}% "
+         f"→ {_WORDS[r['verdict']]}")
+    if r["verdict"] == "undetermined":
+        return s + f": {r.get('verdict_reason', 'RFD is undefined')}."
+    s += (f" (bootstrap p {_p(r)} against 'no closer to the base than the independent models are').")
+    if r["setting"] == "dynamic-int8":
+        s += (" Note: torch's dynamic quantization (quantize_dynamic) quantizes Linear layers only; "
+              f"{r.get('conv_layers_compressed', 0)} convolutions were quantized, so this says little about "
+              "quantizing the whole network.")
+    return s
+
+
+def _control_sentence(summary: dict) -> list[str]:
+    students = [r for r in summary["rows"] if r.get("role") == "student" and r["rfd"] is not None]
+    control = [r for r in summary["rows"] if r.get("role") == "control" and r["rfd"] is not None]
+    if not (students and control):
+        return []
+    best, c = min(students, key=lambda r: r["rfd"]), control[0]
+    closer = None not in (best["rfd_ci"][1], c["rfd_ci"][0]) and best["rfd_ci"][1] < c["rfd_ci"][0]
+    return [f"Random control: a student taught by an independent model sits at RFD {_ci(c)} from the base; "
+            f"the nearest base-taught student at {_ci(best)}. "
+            + ("Distillation from the base does move the student toward the base."
+               if closer else "The intervals overlap: distilling from the base did not measurably move the "
+               "student toward the base beyond what any teacher does.")]
 
 
 def verdict_sentences(summary: dict) -> list[str]:
@@ -242,37 +346,16 @@ def verdict_sentences(summary: dict) -> list[str]:
     m = summary["metric"]
     ref = summary["reference"]
     out = [f"Yardstick: the independently trained models differ from the base by {m} "
-           f"{ref['independent_mean']:.4f} (std {ref['independent_std']:.4f} over {ref['pairs']} models); "
-           f"RFD divides a model's {m} to the base by that mean, so 0 is the base's own function and 1 is "
-           f"as different as a model trained from scratch."]
-    words = {"preserves": "preserves the base function",
-             "partial": "moves part of the way toward an independent model",
-             "independent-like": "is at least as different from the base as an independently trained model"}
-    for r in summary["rows"]:
-        if r["method"] == "independent":
-            continue
-        s = (f"{r['method']} {r['setting']}: RFD {_ci(r)}, accuracy deviation {_fmt_dev(r)}% "
-             f"→ {words[r['verdict']]} (bootstrap p = {r['p_closer']:.3f} against 'no closer to the base "
-             f"than the independent models are').")
-        if r["setting"] == "dynamic-int8":
-            s += (" Note: torch's dynamic quantization (quantize_dynamic) quantizes Linear layers only; "
-                  f"{r.get('conv_layers_compressed', 0)} convolutions were quantized, so this says little about "
-                  "quantizing the whole network.")
-        out.append(s)
-    students = [r for r in summary["rows"] if r["method"] == "distill" and not r["setting"].startswith("control")]
-    control = [r for r in summary["rows"] if r["setting"].startswith("control")]
-    if students and control:
-        best = min(students, key=lambda r: r["rfd"])
-        c = control[0]
-        closer = best["rfd_ci"][1] < c["rfd_ci"][0]
-        out.append(f"Random control: a student taught by an independent model sits at RFD {_ci(c)} from the base; "
-                   f"the nearest base-taught student at {_ci(best)}. "
-                   + ("Distillation from the base does move the student toward the base."
-                      if closer else "The intervals overlap: distilling from the base did not measurably move the "
-                      "student toward the base beyond what any teacher does."))
-    out.append(f"Verdicts from the 95% bootstrap interval of RFD over test inputs ({N_BOOT} resamples): "
-               f"'preserves' when its upper bound is below {metrics.PRESERVE_BELOW}, 'independent-like' when its "
-               f"lower bound is above {metrics.INDEPENDENT_ABOVE}, 'partial' otherwise.")
+           f"{ref['independent_mean']:.4f} (std {ref['independent_std']:.4f} over {ref['pairs']} models; "
+           f"{m} is the {metrics.METRIC_UNITS[m]}); RFD divides a model's {m} to the base by that mean, so 0 is "
+           f"the base's own function and 1 is as different as a model trained from scratch."]
+    out += [_row_sentence(r) for r in summary["rows"] if r["method"] != "independent"]
+    out += _control_sentence(summary)
+    out.append(f"Verdicts from the 95% bootstrap interval of RFD over test inputs ({N_BOOT} resamples, every model "
+               f"resampled with the same inputs): 'preserves' when its upper bound is below {PRESERVE_BELOW}, "
+               f"'independent-like' when its lower bound is above {INDEPENDENT_ABOVE}, 'partial' otherwise; "
+               "'undetermined' when the independent models agree with the base on every test input, so there is "
+               "no yardstick. ± is the standard deviation over seeds.")
     return out
 
 
@@ -313,6 +396,21 @@ def write_documents(out: Path, title: str, intro: str, acc_md: str, dist_md: str
     return paths.report_html(out)
 
 
+_CAPTIONS = {
+    "landscape": "Functional landscape (t-SNE of every checkpoint's test predictions; "
+                 + ", ".join(f"{r.letter} {r.legend}" for r in ROLES.values()) + ")",
+    "accuracy": "Accuracy deviation against RFD, one point per model, coloured by role",
+    "distances": "Functional distance between every pair of final models, ordered by role "
+                 "(darker: closer; clusters are models computing similar functions)",
+}
+
+
+def _figure_list(out: Path, prefix: str = "") -> list[tuple[Path, str]]:
+    return [(paths.landscape_figure(out), prefix + _CAPTIONS["landscape"]),
+            (paths.accuracy_figure(out), prefix + _CAPTIONS["accuracy"]),
+            (paths.distances_figure(out), prefix + _CAPTIONS["distances"])]
+
+
 def build_report(out: Path) -> Path:
     """Every report file of one study, from its store. Returns the path of ``report.html``."""
     out = Path(out)
@@ -320,17 +418,14 @@ def build_report(out: Path) -> Path:
     store = Store(out)
     store.begin_outputs()
     summary = analyse(sv)
-    atomic_write_text(paths.summary_file(out), json.dumps(summary, indent=2))
+    atomic_write_text(paths.summary_file(out), json.dumps(summary, indent=2, allow_nan=False))
     acc_md, dist_md = write_tables(out, [summary])
-    figs = write_figures(sv, summary)
+    write_figures(sv, summary)
     intro = (f"Study {sv.study.name}: {sv.study.model.arch} on {sv.study.data.dataset} "
              f"({summary['num_test']} test images, {summary['num_classes']} classes), base accuracy "
              f"{100 * summary['base']['accuracy']:.2f}%, distance '{summary['metric']}'. funclens {__version__}.")
     html = write_documents(out, f"funclens report: {sv.study.name}", intro, acc_md, dist_md,
-                           verdict_sentences(summary),
-                           [(figs[0], "Functional landscape (t-SNE of every checkpoint's test predictions; "
-                                      "B base, I independent, D distilled, C control, Q quantized, P pruned)"),
-                            (figs[1], "Accuracy deviation against RFD, one point per model")])
+                           verdict_sentences(summary), _figure_list(out))
     store.record_outputs()
     return html
 
@@ -341,101 +436,9 @@ def build_combined_report(out: Path, study_dirs: list[Path]) -> Path:
     summaries = [json.loads(paths.summary_file(d).read_text()) for d in study_dirs]
     acc_md, dist_md = write_tables(out, summaries)
     sentences = [f"[{s['arch']}] {t}" for s in summaries for t in verdict_sentences(s)]
-    figures = [(paths.figures_dir(d) / f, f"{s['arch']}: {cap}") for d, s in zip(study_dirs, summaries)
-               for f, cap in (("landscape.png", "functional landscape"), ("accuracy_vs_distance.png",
-                                                                          "accuracy deviation vs RFD"))]
-    atomic_write_text(paths.summary_file(out), json.dumps({"studies": summaries}, indent=2))
+    figs = [f for d, s in zip(study_dirs, summaries) for f in _figure_list(d, prefix=f"{s['arch']}: ")]
+    atomic_write_text(paths.summary_file(out), json.dumps({"studies": summaries}, indent=2, allow_nan=False))
     intro = (f"{len(summaries)} studies on {summaries[0]['dataset']}: "
              + ", ".join(f"{s['arch']} (base {100 * s['base']['accuracy']:.2f}%)" for s in summaries) + ".")
     return write_documents(out, f"funclens report: {summaries[0]['dataset']}", intro, acc_md, dist_md,
-                           sentences, figures)
-
-
-# ---------------------------------------------------------------- compare
-
-def _load_array(path: Path) -> np.ndarray:
-    """Predictions from a run folder (its last epoch), or a .npy / single-array .npz file."""
-    path = Path(path)
-    if path.is_dir():
-        st = Store(path.parent.parent) if path.parent.name == "runs" else None
-        if st is None:
-            raise FunclensError(f"{path}: not a run folder (expected .../runs/<id>)")
-        problems = st.verify_run(path.name)
-        if problems:
-            raise StoreError(problems[0])
-        return st.load_preds(path.name)
-    if not path.is_file():
-        raise FunclensError(f"{path}: no such file or run folder")
-    try:
-        with open(path, "rb") as f:
-            obj = np.load(f, allow_pickle=False)
-            if isinstance(obj, np.lib.npyio.NpzFile):
-                keys = list(obj.keys())
-                if len(keys) != 1:
-                    raise FunclensError(f"{path}: .npz must hold one array, holds {len(keys)} ({', '.join(keys)})")
-                return np.asarray(obj[keys[0]])
-            return np.asarray(obj)
-    except (ValueError, OSError, EOFError) as e:
-        raise FunclensError(f"{path}: not a readable .npy/.npz array ({e})") from None
-
-
-def compare_table(items: list[Path], *, labels: Path | None = None, metric: str = "disagreement",
-                  as_json: bool = False) -> str:
-    """Distances of every model to the first (the base); with ``indep:`` items, RFD and verdicts too."""
-    if len(items) < 2:
-        raise FunclensError("compare needs at least two models: the base and one to compare")
-    named: dict[str, np.ndarray] = {}
-    indep_names = []
-    for it in items:
-        s = str(it)
-        is_indep = s.startswith("indep:")
-        p = Path(s[6:] if is_indep else s)
-        name = s
-        named[name] = metrics.check_predictions(_load_array(p), str(p))
-        if is_indep:
-            indep_names.append(name)
-    metrics.check_same_shape(named)
-    y = None
-    if labels is not None:
-        y = _load_array(labels)
-        first = next(iter(named.values()))
-        if y.ndim != 1 or len(y) != len(first) or not np.issubdtype(y.dtype, np.integer):
-            raise FunclensError(f"{labels}: labels must be integers [N] with N = {len(first)}, got {y.dtype} {y.shape}")
-        if y.min() < 0 or y.max() >= first.shape[1]:
-            raise FunclensError(f"{labels}: labels outside 0..{first.shape[1] - 1}")
-    names = list(named)
-    base_name, base = names[0], named[names[0]]
-    indeps = [named[n] for n in indep_names]
-    ref_vecs = [metrics.per_example(base, i, metric) for i in indeps]
-    rows = []
-    for k, n in enumerate(names[1:]):
-        p = named[n]
-        row = {"model": n, "disagreement": metrics.distance(base, p, "disagreement"),
-               "js": metrics.distance(base, p, "js"), "tv": metrics.distance(base, p, "tv")}
-        if y is not None:
-            row["accuracy"] = metrics.accuracy(p, y)
-            row["accuracy_deviation_pct"] = metrics.accuracy_deviation(row["accuracy"], metrics.accuracy(base, y))
-        if ref_vecs and n not in indep_names:
-            r = metrics.ratio_bootstrap(metrics.per_example(base, p, metric), np.mean(ref_vecs, axis=0),
-                                        n_boot=N_BOOT, seed=k)
-            row.update(rfd=r["ratio"], rfd_ci=r["ci"], p_closer=r["p_less_than_one"], verdict=metrics.verdict(r["ci"]))
-        rows.append(row)
-    result = {"base": base_name, "metric": metric, "independents": indep_names, "rows": rows}
-    if y is not None:
-        result["base_accuracy"] = metrics.accuracy(base, y)
-    if as_json:
-        return json.dumps(result, indent=2)
-    cols = ["model", "disagreement", "js", "tv"] + (["accuracy", "accuracy_deviation_pct"] if y is not None else []) \
-        + (["rfd", "rfd_ci", "p_closer", "verdict"] if ref_vecs else [])
-    lines = [f"base: {base_name}" + (f" (accuracy {result['base_accuracy']:.4f})" if y is not None else ""),
-             "  ".join(cols)]
-    for r in rows:
-        cells = []
-        for c in cols:
-            v = r.get(c, "")
-            cells.append(f"[{v[0]:.3f}, {v[1]:.3f}]" if c == "rfd_ci" and v != "" else
-                         f"{v:.4f}" if isinstance(v, float) else str(v))
-        lines.append("  ".join(cells))
-    if not ref_vecs:
-        lines.append("(pass independent models as indep:FILE for RFD and verdicts)")
-    return "\n".join(lines)
+                           sentences, figs)

@@ -1,14 +1,14 @@
 """Post-hoc compression: quantization and L1 pruning of a trained model, dispatched on the config's type.
 
 ``compress(model, cfg)`` deep-copies ``model`` (the caller's model is never touched), compresses the copy
-and returns it with an info dict. It never writes files: saving is the caller's job (``store.py``).
+and returns it with a :class:`CompressInfo`. It never writes files: saving is the caller's job (``store.py``).
 
 The returned model computes in fp32 on CPU and holds the weights as the compressed format gives them
 (dequantized values; pruned zeros in place), so it loads into a fresh ``create_model(...)`` with
 ``load_state_dict`` -- except ``dynamic-int8``, which returns torch's own quantized ``Linear`` modules
-(``info["loadable"]`` is False there).
+(``info.loadable`` is False there).
 
-Info keys (all JSON-serialisable except ``packed``):
+:class:`CompressInfo` fields (:meth:`CompressInfo.to_json` gives all but ``packed`` for ``metrics.json``):
 
 - ``method``: ``"quantize"`` or ``"prune"``; ``setting``: e.g. ``"8-bit"``, ``"30%"``, ``"global 50%"``.
 - ``scheme`` (quantization; plus ``group_size`` for grouped 4-bit) or ``amount`` and ``scope`` (pruning):
@@ -42,16 +42,18 @@ Example:
     >>> from funclens.models import create_model
     >>> m = create_model("lenet", in_shape=(1, 28, 28), num_classes=10)
     >>> q, info = compress(m, QuantCfg("8-bit"))
-    >>> info["setting"], info["layers_compressed"], round(info["fp32_bytes"] / info["weight_bytes"], 1)
+    >>> info.setting, info.layers_compressed, round(info.fp32_bytes / info.weight_bytes, 1)
     ('8-bit', 4, 4.0)
     >>> p, info = compress(m, PruneCfg(0.5, scope="global"))
-    >>> info["setting"], round(info["sparsity"], 3)
+    >>> info.setting, round(info.sparsity, 3)
     ('global 50%', 0.5)
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, TypeVar
 
 import torch
@@ -59,8 +61,41 @@ import torch.nn as nn
 
 from funclens.config import ConfigError, PruneCfg, QuantCfg
 
-Info = dict[str, Any]
-Method = Callable[[nn.Module, Any], tuple[nn.Module, Info]]
+
+
+@dataclass(frozen=True)
+class CompressInfo:
+    """What a compression did, as the module docstring describes each field; ``None``: not applicable."""
+
+    method: str                      # "quantize" or "prune"
+    setting: str                     # "8-bit", "30%", "global 50%"
+    loadable: bool                   # whether create_model(...).load_state_dict(returned.state_dict()) works
+    layers_compressed: int
+    conv_layers_compressed: int
+    weight_bytes: int                # bytes at the compressed precision
+    layers_total: int = 0            # set by compress(): Conv2d + Linear layers of the model
+    fp32_bytes: int = 0              # set by compress(): bytes at fp32
+    scheme: str | None = None        # quantization
+    group_size: int | None = None    # grouped 4-bit quantization
+    amount: float | None = None      # pruning
+    scope: str | None = None         # pruning: "layer" or "global"
+    sparse_bytes: int | None = None  # pruning: CSR-like size
+    sparsity: float | None = None    # pruning: measured fraction of zero weights in the pruned layers
+    sparsity_by_layer: dict[str, float] | None = None
+    packed: dict[str, Any] | None = field(default=None, repr=False, compare=False)   # tensors, not JSON
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field but ``packed``, those that do not apply (``None``) left out: what ``metrics.json`` keeps.
+
+        Example:
+            >>> CompressInfo("prune", "30%", True, 4, 2, 900, amount=0.3).to_json()["amount"]
+            0.3
+        """
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "packed" and getattr(self, f.name) is not None}
+
+
+Method = Callable[[nn.Module, Any], tuple[nn.Module, CompressInfo]]
 _T = TypeVar("_T", bound=Method)
 
 _METHODS: dict[type, Method] = {}
@@ -69,8 +104,8 @@ _METHODS: dict[type, Method] = {}
 def register(cfg_type: type) -> Callable[[_T], _T]:
     """Register ``fn(model_copy, cfg) -> (model, info)`` as the method for configs of ``cfg_type``.
 
-    ``fn`` receives a private fp32 CPU copy that it may change in place. :func:`compress` adds the
-    keys common to every method (``layers_total``, ``fp32_bytes``) to the info it returns.
+    ``fn`` receives a private fp32 CPU copy that it may change in place. :func:`compress` fills in the
+    fields common to every method (``layers_total``, ``fp32_bytes``) of the info it returns.
 
     Args:
         cfg_type: the config dataclass the method handles.
@@ -82,7 +117,7 @@ def register(cfg_type: type) -> Callable[[_T], _T]:
         ...     pass
         >>> @register(NoopCfg)
         ... def _noop(model, cfg):
-        ...     return model, {"method": "noop", "setting": "", "loadable": True}
+        ...     return model, CompressInfo("noop", "", True, 0, 0, 0)
     """
 
     def deco(fn: _T) -> _T:
@@ -92,7 +127,7 @@ def register(cfg_type: type) -> Callable[[_T], _T]:
     return deco
 
 
-def compress(model: nn.Module, cfg: QuantCfg | PruneCfg) -> tuple[nn.Module, Info]:
+def compress(model: nn.Module, cfg: QuantCfg | PruneCfg) -> tuple[nn.Module, CompressInfo]:
     """Compress a deep copy of ``model`` as ``cfg`` says; ``model`` itself is left unchanged.
 
     Args:
@@ -100,13 +135,13 @@ def compress(model: nn.Module, cfg: QuantCfg | PruneCfg) -> tuple[nn.Module, Inf
         cfg: a :class:`~funclens.config.QuantCfg` or :class:`~funclens.config.PruneCfg`.
 
     Returns:
-        The compressed model (fp32, CPU) and the info dict described in the module docstring.
+        The compressed model (fp32, CPU) and its :class:`CompressInfo`.
 
     Example:
         >>> from funclens.models import create_model
         >>> m = create_model("lenet", in_shape=(1, 28, 28), num_classes=10)
         >>> pruned, info = compress(m, PruneCfg(0.3))
-        >>> info["setting"], info["loadable"]
+        >>> info.setting, info.loadable
         ('30%', True)
     """
     method = next((_METHODS[t] for t in type(cfg).__mro__ if t in _METHODS), None)
@@ -122,9 +157,7 @@ def compress(model: nn.Module, cfg: QuantCfg | PruneCfg) -> tuple[nn.Module, Inf
     # detach from the caller completely: no shared storage, so in-place edits can't leak back
     work = copy.deepcopy(model).float().cpu()
     out, info = method(work, cfg)
-    info["layers_total"] = len(layers)
-    info["fp32_bytes"] = fp32
-    return out, info
+    return out, dataclasses.replace(info, layers_total=len(layers), fp32_bytes=fp32)
 
 
 # ---------------------------------------------------------------- helpers shared by the methods

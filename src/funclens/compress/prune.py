@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.utils.prune as tprune
 
-from funclens.compress import Info, register, tensor_bytes, weight_layers
+from funclens.compress import CompressInfo, register, tensor_bytes, weight_layers
 from funclens.config import PruneCfg
 
 
@@ -76,22 +76,17 @@ def _setting(cfg: PruneCfg) -> str:
 
 
 @register(PruneCfg)
-def _prune(model: nn.Module, cfg: PruneCfg) -> tuple[nn.Module, Info]:
+def _prune(model: nn.Module, cfg: PruneCfg) -> tuple[nn.Module, CompressInfo]:
     """The :func:`funclens.compress.compress` method for :class:`PruneCfg` (``model`` is a private copy)."""
     layers = weight_layers(model)
     by_layer = prune_l1_(model, cfg)
     zeros = sum(int((layer.weight == 0).sum()) for _, layer in layers)
     total = sum(layer.weight.numel() for _, layer in layers)
     weight_keys = {f"{n}.weight" for n, _ in layers}
-    info: Info = {
-        "method": "prune", "setting": _setting(cfg), "amount": cfg.amount, "scope": cfg.scope,
-        "loadable": True,
-        "layers_compressed": len(layers),
-        "conv_layers_compressed": sum(isinstance(m, nn.Conv2d) for _, m in layers),
-        "weight_bytes": tensor_bytes(model),  # dense fp32: the zeros are still stored
-        "sparse_bytes": tensor_bytes(model, skip=weight_keys) + sum(csr_bytes(m.weight) for _, m in layers),
-        "sparsity": zeros / total,
-        "sparsity_by_layer": by_layer,
-        "packed": None,
-    }
-    return model, info
+    return model, CompressInfo(
+        "prune", _setting(cfg), loadable=True, layers_compressed=len(layers),
+        conv_layers_compressed=sum(isinstance(m, nn.Conv2d) for _, m in layers),
+        weight_bytes=tensor_bytes(model),  # dense fp32: the zeros are still stored
+        amount=cfg.amount, scope=cfg.scope,
+        sparse_bytes=tensor_bytes(model, skip=weight_keys) + sum(csr_bytes(m.weight) for _, m in layers),
+        sparsity=zeros / total, sparsity_by_layer=by_layer)

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from funclens.compress import Info, register, tensor_bytes, weight_layers
+from funclens.compress import CompressInfo, register, tensor_bytes, weight_layers
 from funclens.config import ConfigError, QuantCfg
 
 INT8_MAX = 127  # symmetric: -128 is never used, so +-max|w| map to +-127 exactly
@@ -240,7 +240,7 @@ def dequantize_packed(packed: dict[str, torch.Tensor], cfg: QuantCfg,
     """Turn a ``packed`` dict back into an fp32 state_dict (bit-identical to the compressed model's).
 
     Args:
-        packed: ``info["packed"]`` from :func:`funclens.compress.compress`.
+        packed: ``info.packed`` from :func:`funclens.compress.compress`.
         cfg: the config it was made with (4-bit needs its ``group_size``).
         like: a model of the same architecture (or its state_dict): gives the weight shapes int4 lost.
 
@@ -249,7 +249,7 @@ def dequantize_packed(packed: dict[str, torch.Tensor], cfg: QuantCfg,
         >>> from funclens.models import create_model
         >>> m = create_model("lenet", in_shape=(1, 28, 28), num_classes=10)
         >>> q, info = compress(m, QuantCfg("4-bit"))
-        >>> sd = dequantize_packed(info["packed"], QuantCfg("4-bit"), m)
+        >>> sd = dequantize_packed(info.packed, QuantCfg("4-bit"), m)
         >>> all(torch.equal(sd[k], v) for k, v in q.state_dict().items())
         True
     """
@@ -318,23 +318,19 @@ def _setting(cfg: QuantCfg) -> str:
 
 
 @register(QuantCfg)
-def _quantize(model: nn.Module, cfg: QuantCfg) -> tuple[nn.Module, Info]:
+def _quantize(model: nn.Module, cfg: QuantCfg) -> tuple[nn.Module, CompressInfo]:
     """The :func:`funclens.compress.compress` method for :class:`QuantCfg` (``model`` is a private copy)."""
-    info: Info = {"method": "quantize", "setting": _setting(cfg), "scheme": cfg.scheme}
     if cfg.scheme == "dynamic-int8":
         model = quantize_dynamic_int8_(model)
-        info.update(loadable=False, layers_compressed=len(_dynamic_layers(model)), conv_layers_compressed=0,
-                    weight_bytes=_dynamic_bytes(model), packed=None)
-        return model, info
+        return model, CompressInfo("quantize", _setting(cfg), loadable=False,
+                                   layers_compressed=len(_dynamic_layers(model)), conv_layers_compressed=0,
+                                   weight_bytes=_dynamic_bytes(model), scheme=cfg.scheme)
     layers = weight_layers(model)
     packed = quantize_weights_(model, cfg)
     weight_keys = [f"{n}.weight" for n, _ in layers]
     compressed = [packed[k] for k in weight_keys] + [packed[k + "_scale"] for k in weight_keys
                                                      if k + "_scale" in packed]
-    info.update(loadable=True, layers_compressed=len(layers),
-                conv_layers_compressed=sum(isinstance(m, nn.Conv2d) for _, m in layers),
-                weight_bytes=tensor_bytes(model, skip=set(weight_keys)) + _packed_bytes(compressed),
-                packed=packed)
-    if cfg.group_size:
-        info["group_size"] = cfg.group_size
-    return model, info
+    return model, CompressInfo("quantize", _setting(cfg), loadable=True, layers_compressed=len(layers),
+                               conv_layers_compressed=sum(isinstance(m, nn.Conv2d) for _, m in layers),
+                               weight_bytes=tensor_bytes(model, skip=set(weight_keys)) + _packed_bytes(compressed),
+                               scheme=cfg.scheme, group_size=cfg.group_size or None, packed=packed)

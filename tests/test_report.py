@@ -1,0 +1,163 @@
+"""funclens.report on a small digits study: summary.json from the one RFD function, stable intervals, strict JSON,
+and figures checked for their content."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SMALL_STUDY, run_cli
+from matplotlib.figure import Figure
+
+from funclens import paths
+from funclens.config import preset_study
+from funclens.plan import ROLES
+from funclens.report import RunView, StudyView, analyse, figures, load_study, verdict_sentences, write_tables
+from funclens.rfd import rfd
+from funclens.store import Store
+
+
+@pytest.fixture(scope="module")
+def reported(small_ref: Path, tmp_path_factory) -> Path:
+    """A copy of the small study (quantize = ["16-bit", "8-bit"]) with its report built."""
+    out = tmp_path_factory.mktemp("reported") / "out"
+    shutil.copytree(small_ref, out)
+    r = run_cli("report", str(out))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def _plan(out: Path) -> list[dict]:
+    return json.loads(paths.study_file(out).read_text())["runs"]
+
+
+def test_every_row_is_the_public_rfd_of_its_runs(reported):
+    s = json.loads(paths.summary_file(reported).read_text())
+    store = Store(reported)
+    plan = _plan(reported)
+    base = store.load_preds(next(r["run"] for r in plan if r["role"] == "base"))
+    indeps = [store.load_preds(r["run"]) for r in plan if r["role"] == "independent"]
+    assert len(s["rows"]) == 6
+    for row in s["rows"]:
+        expected = rfd(base, [store.load_preds(run) for run in row["runs"]], indeps, metric=s["metric"]).to_json()
+        assert (row["rfd"], row["rfd_ci"], row["p_closer"], row["verdict"]) == (
+            expected["rfd"], expected["rfd_ci"], expected["p_closer"], expected["verdict"]), row["setting"]
+        assert row["role"] in ROLES and row["method"] == ROLES[row["role"]].method
+
+
+def test_compare_on_the_run_folders_prints_the_report_numbers(reported):
+    s = json.loads(paths.summary_file(reported).read_text())
+    plan = _plan(reported)
+    runs = paths.runs_dir(reported)
+    base = next(r["run"] for r in plan if r["role"] == "base")
+    items = [str(runs / base)] + [("indep:" if r["role"] == "independent" else "") + str(runs / r["run"])
+                                  for r in plan if r["role"] != "base"]
+    r = run_cli("compare", *items, "--json")
+    assert r.returncode == 0, r.stderr
+    got = {row["runs"][0]: row for row in json.loads(r.stdout)["rows"]}
+    text = run_cli("compare", *items)
+    assert text.returncode == 0, text.stderr
+    single = [row for row in s["rows"] if len(row["runs"]) == 1]
+    assert len(single) == len(s["rows"]) == 6   # one student seed: every row is one run
+    for row in single:
+        c = got[row["runs"][0]]
+        assert (c["rfd"], c["rfd_ci"], c["verdict"], c["role"], c["setting"]) == (
+            row["rfd"], row["rfd_ci"], row["verdict"], row["role"], row["setting"])
+        line = next(line for line in text.stdout.splitlines() if row["runs"][0] in line)
+        assert f"{row['rfd']:.4f}" in line and f"[{row['rfd_ci'][0]:.4f}, {row['rfd_ci'][1]:.4f}]" in line
+
+
+def test_adding_a_quantization_scheme_leaves_the_other_intervals_alone(small_ref, reported, tmp_path):
+    """Two studies, quantize = ["8-bit"] and ["16-bit", "8-bit"]: identical prune (and 8-bit) rows."""
+    out = tmp_path / "out"
+    shutil.copytree(small_ref, out)   # the runs they share are reused, not retrained
+    study = tmp_path / "small8.toml"
+    study.write_text(SMALL_STUDY.replace('quantize = ["16-bit", "8-bit"]', 'quantize = ["8-bit"]'))
+    r = run_cli("study", str(study), "--out", str(out), "--jobs", "1")
+    assert r.returncode == 0, r.stderr
+    one = {(x["role"], x["setting"]): x for x in json.loads(paths.summary_file(out).read_text())["rows"]}
+    two = {(x["role"], x["setting"]): x for x in json.loads(paths.summary_file(reported).read_text())["rows"]}
+    assert ("quantize", "16-bit") in two and ("quantize", "16-bit") not in one
+    for key in (("prune", "50%"), ("quantize", "8-bit"), ("student", "alpha=0.5")):
+        assert one[key]["rfd_ci"] == two[key]["rfd_ci"] and one[key]["runs"] == two[key]["runs"], key
+
+
+def _blank_fraction(path: Path) -> tuple[tuple[int, int], float]:
+    from matplotlib.image import imread
+
+    img = imread(path)[..., :3]
+    return img.shape[:2], float(np.mean(np.all(img > 0.97, axis=-1)))
+
+
+def test_figures_show_every_role_and_are_not_blank(reported):
+    sv = load_study(reported)
+    summary = analyse(sv)
+    figs = figures(sv, summary)
+    assert set(figs) == {paths.landscape_figure(reported), paths.accuracy_figure(reported),
+                         paths.distances_figure(reported)}
+    assert all(isinstance(f, Figure) for f in figs.values())
+    legend = [t.get_text() for t in figs[paths.landscape_figure(reported)].axes[0].get_legend().get_texts()]
+    roles = [ROLES[r] for r in ("base", "independent", "student", "quantize", "prune")]
+    assert legend == [f"{r.letter}  {r.legend}" for r in roles]
+    acc_legend = [t.get_text() for t in figs[paths.accuracy_figure(reported)].axes[0].get_legend().get_texts()]
+    assert acc_legend[:4] == ["independent", "distillation", "quantization", "pruning"]
+    heat = figs[paths.distances_figure(reported)].axes[0]
+    ticks = [t.get_text() for t in heat.get_yticklabels()]
+    assert len(ticks) == 7 and ticks[0] == "B seed=0" and ticks[1:3] == ["I seed=1", "I seed=2"]
+    assert ticks[3] == "D alpha=0.5 s2" and ticks[-1] == "P 50%"
+    for path in figs:
+        (h, w), blank = _blank_fraction(path)   # the files the report wrote
+        assert h > 300 and w > 400, path
+        assert 0.2 < blank < 0.97, (path, blank)   # drawn on, but not a solid block
+    html = paths.report_html(reported).read_text()
+    assert html.count("data:image/png;base64,") == 3
+
+
+def _synthetic_view(tmp_path: Path, n: int = 1) -> StudyView:
+    """A study whose independents agree with the base on every test input: no yardstick."""
+    base = np.eye(3, dtype=np.float16)[[0] * n]
+    other = np.eye(3, dtype=np.float16)[[1] * n]
+    runs = [RunView("train_b", "base", "seed=0", 0, 1.0, base, [1]),
+            RunView("train_i", "independent", "seed=1", 1, 1.0, base.copy(), [1]),
+            RunView("quant_q", "quantize", "8-bit", None, 1.0, base.copy(), [0]),
+            RunView("prune_p", "prune", "90%", None, 0.0, other, [0])]
+    return StudyView(tmp_path, preset_study("quick"), runs)
+
+
+def test_an_undecidable_rfd_is_null_in_summary_and_explained(tmp_path):
+    summary = analyse(_synthetic_view(tmp_path))
+    text = json.dumps(summary, allow_nan=False)   # strict JSON: no NaN, no Infinity
+    rows = {r["setting"]: r for r in json.loads(text)["rows"]}
+    for setting in ("8-bit", "90%"):
+        assert rows[setting]["rfd"] is None and rows[setting]["rfd_ci"] == [None, None]
+        assert rows[setting]["verdict"] == "undetermined"
+    assert rows["90%"]["accuracy_deviation_pct"] == -100.0
+    sentence = next(s for s in verdict_sentences(summary) if s.startswith("prune 90%"))
+    assert "cannot be decided" in sentence and "agree with the base on every one of the 1 test inputs" in sentence
+    _, dist_md = write_tables(tmp_path, [summary])
+    assert "| undefined |" in dist_md and "nan" not in dist_md.lower()
+    csv_rows = paths.distance_table(tmp_path, "csv").read_text().splitlines()
+    assert csv_rows[0].split(",")[11:14] == ["rfd", "rfd_lo", "rfd_hi"]
+    assert all(r.split(",")[11:14] == ["", "", ""] for r in csv_rows[1:])
+
+
+def _no_constants(name: str):
+    raise AssertionError(f"summary.json holds {name}, which is not JSON")
+
+
+def test_a_one_input_test_set_gives_null_rfd_and_says_why(tmp_path):
+    study = tmp_path / "one.toml"
+    study.write_text('name = "one"\nseeds = [0, 1]\nquantize = ["8-bit"]\nprune = [0.9]\n[data]\n'
+                     'dataset = "digits"\ntest_subset = 1\n[train]\nepochs = 1\n[distill]\nalphas = []\n'
+                     'control = false\n')
+    r = run_cli("study", str(study), "--out", str(tmp_path / "out"), "--jobs", "1")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(paths.summary_file(tmp_path / "out").read_text(), parse_constant=_no_constants)
+    assert s["num_test"] == 1 and s["reference"]["independent_mean"] == 0.0
+    assert {r["setting"]: (r["rfd"], r["verdict"]) for r in s["rows"]} == {
+        "seed=1": (None, "undetermined"), "8-bit": (None, "undetermined"), "90%": (None, "undetermined")}
+    assert "cannot be decided: the independent models agree with the base" in paths.report_md(
+        tmp_path / "out").read_text()
