@@ -98,7 +98,7 @@ def _timed(steps: list[tuple[str, Any]]) -> dict[str, float]:
 def _funclens_steps(preds: np.ndarray, spec: dict) -> tuple[list, list]:
     """The measured steps on the [M, N, C] float16 array, and those run after the peak is read."""
     from funclens.landscape import embed
-    from funclens.metrics import pairwise
+    from funclens.pairwise import pairwise
 
     steps = [("disagreement", lambda: pairwise(preds, "disagreement")),
              ("hellinger", lambda: pairwise(preds, "hellinger")), ("embed", lambda: embed(preds))]

@@ -106,7 +106,7 @@ def funclens_once(study, data_dir: Path, jobs: int) -> dict[str, Any]:
 
     # Each repeat reads its files, as the baseline does: forget the data set a previous repeat left loaded.
     execute._DATA_CACHE.clear()
-    threads = torch.get_num_threads()  # run_local with jobs=1 leaves this process on one thread; restored below
+    threads = torch.get_num_threads()  # the in-process backend (jobs=1) leaves this process on one thread; restored below
     with tempfile.TemporaryDirectory(prefix="funclens-bench-") as tmp:
         out = Path(tmp)
         wall0, t0 = time.time(), time.perf_counter()
