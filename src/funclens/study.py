@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from funclens import __version__, paths
 from funclens.config import FunclensError, StudyCfg, to_dict
+from funclens.data import check_model_fits, identified
 from funclens.execute import ExecResult, RunContext, preload_dataset, run_local
 from funclens.plan import PlannedRun, plan
 from funclens.store import Store, atomic_write_text
@@ -45,7 +46,11 @@ def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int = 1, executor: str 
     store.ensure_writable()
     # Read the data once here: a missing or damaged file is one clear error before any run starts,
     # and the in-process executor reuses the loaded set.
-    preload_dataset(study.data, ctx)
+    data = preload_dataset(study.data, ctx)
+    # Runs are named by the content of the data they train on: a rerun on other (repaired) files
+    # never reuses runs trained on the old ones. A model that cannot take the images fails here once.
+    study = study.replace(data=identified(study.data, data))
+    check_model_fits(study.model.arch, data)
     planned = plan(study)
     by_id = {p.run_id: p for p in planned}
     console = Console(stderr=True)
