@@ -371,6 +371,29 @@ class StudyCfg:
         return dataclasses.replace(self, **changes)
 
 
+def read_at_most(fd: int, limit: int) -> bytes:
+    """Up to ``limit`` bytes from the open file ``fd``, read in chunks of at most 1 MiB: a bound on
+    what a file that grows while it is read, or a device, can make funclens hold.
+
+    Args:
+        fd: an open file descriptor.
+        limit: the most bytes returned.
+
+    Example:
+        >>> fd = os.open("/dev/zero", os.O_RDONLY)
+        >>> len(read_at_most(fd, 5)); os.close(fd)
+        5
+    """
+    chunks, got = [], 0
+    while got < limit:
+        chunk = os.read(fd, min(limit - got, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
 def read_study_text(path: Path) -> str:
     """The text of a study file: a regular file of at most ``MAX_STUDY_FILE_BYTES``, in UTF-8.
 
@@ -391,13 +414,14 @@ def read_study_text(path: Path) -> str:
         raise ConfigError(f"study file not found: {path}") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the study file ({e.strerror})") from None
-    with os.fdopen(fd, "rb") as f:
+    try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ConfigError(f"{path}: a study file must be a regular file")
-        try:
-            raw = f.read(MAX_STUDY_FILE_BYTES + 1)
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read the study file ({e.strerror})") from None
+        raw = read_at_most(fd, MAX_STUDY_FILE_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the study file ({e.strerror})") from None
+    finally:
+        os.close(fd)
     _check(len(raw) <= MAX_STUDY_FILE_BYTES, f"{path}: over the {MAX_STUDY_FILE_BYTES}-byte limit of a study file")
     try:
         return raw.decode("utf-8")

@@ -23,6 +23,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 import zlib
 import dataclasses
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from funclens.config import DATASETS, DataCfg
+from funclens.config import DATASETS, DataCfg, read_at_most
 from funclens.errors import DataError
 
 
@@ -182,16 +183,17 @@ def _read_bounded(path: Path, limit: int) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
         raise DataError(f"{path}: unreadable ({e.strerror})") from None
-    with os.fdopen(fd, "rb") as f:
+    try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise DataError(f"{path}: not a regular file")
         if st.st_size > limit:
             raise DataError(f"{path}: {st.st_size} bytes, over the {limit}-byte limit")
-        try:
-            raw = f.read(limit + 1)
-        except OSError as e:
-            raise DataError(f"{path}: unreadable ({e.strerror})") from None
+        raw = read_at_most(fd, limit + 1)
+    except OSError as e:
+        raise DataError(f"{path}: unreadable ({e.strerror})") from None
+    finally:
+        os.close(fd)
     if len(raw) > limit:
         raise DataError(f"{path}: over the {limit}-byte limit")
     return raw
@@ -647,7 +649,10 @@ def check_model_fits(arch: str, data: Dataset) -> None:
     from funclens.models import create_model  # late: the registry imports every model
 
     shape = "x".join(str(d) for d in data.in_shape)
-    with torch.random.fork_rng(devices=[]), torch.no_grad():  # leaves the caller's random state alone
+    # fork_rng leaves the caller's random state alone; warnings about a model built for such images
+    # (zero-element layers) would only precede the one line that says what is wrong.
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         try:
             model = create_model(arch, in_shape=data.in_shape, num_classes=data.num_classes).eval()
             out = model(data.normalize(data.test_x[:1]))
