@@ -141,8 +141,9 @@ def test_a_study_name_never_leaves_results(tmp_path):
 def write_idx_set(folder, train_x, test_x):
     """An MNIST-named folder of raw IDX files holding the given uint8 images (labels all 0)."""
     folder.mkdir(parents=True)
-    for stem, arr in (("train-images-idx3-ubyte", train_x), ("train-labels-idx1-ubyte", np.zeros(len(train_x), np.uint8)),
-                      ("t10k-images-idx3-ubyte", test_x), ("t10k-labels-idx1-ubyte", np.zeros(len(test_x), np.uint8))):
+    for stem, arr in (("train-images-idx3-ubyte", train_x), ("t10k-images-idx3-ubyte", test_x),
+                      ("train-labels-idx1-ubyte", np.zeros(len(train_x), np.uint8)),
+                      ("t10k-labels-idx1-ubyte", np.zeros(len(test_x), np.uint8))):
         head = struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
         (folder / stem).write_bytes(head + arr.tobytes())
 

@@ -62,10 +62,12 @@ def test_a_damaged_finished_run_is_recomputed_identically(tmp_path, small_study,
 def test_spawned_workers_give_the_forked_workers_bytes(tmp_path, small_study, small_ref):
     # CUDA runs spawn their workers (CUDA does not survive a fork); on the CPU they fork. Same bytes.
     from funclens.config import load_study_toml
+    from funclens.data import identified, load_from_cfg
     from funclens.execute import RunContext, run_local
     from funclens.plan import plan
 
     study = load_study_toml(small_study)
+    study = study.replace(data=identified(study.data, load_from_cfg(study.data)))  # as `funclens study` plans it
     out = tmp_path / "spawned"
     result = run_local([p.spec for p in plan(study)], RunContext(out=str(out)), jobs=2, start_method="spawn")
     assert not result.failed and not result.skipped

@@ -129,7 +129,8 @@ class TrainCfg:
         _check(_finite(self.momentum) and 0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         _check(_finite(self.weight_decay) and self.weight_decay >= 0,
                f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
-        _check(_is_int(self.seed) and 0 <= self.seed <= MAX_SEED, f"seed must be an integer in 0..2**63-1, got {self.seed}")
+        _check(_is_int(self.seed) and 0 <= self.seed <= MAX_SEED,
+               f"seed must be an integer in 0..2**63-1, got {self.seed}")
         _check(self.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got {self.precision!r}")
 
 
