@@ -262,7 +262,7 @@ def test_cifar100_not_published_is_refused_unless_allowed(tmp_path):
     assert load_dataset("cifar100", other, offline=True, allow_modified=True).content_sha256 != ds.content_sha256
 
 
-def test_a_pinned_content_refuses_other_data_and_skips_no_check(shared_data, tmp_path):
+def test_a_pinned_content_accepts_that_data_and_refuses_any_other(shared_data, tmp_path):
     folder = _copy_mnist(shared_data, tmp_path / "mnist")
     cfg = DataCfg("mnist", test_subset=20, allow_modified=True)
     _relabel(folder / "t10k-labels-idx1-ubyte.gz", 0, 3)

@@ -3,7 +3,9 @@
 Every data set is held as ``[N, C, H, W]`` uint8 images plus int64 labels, train and test; batches are
 converted to float and normalised when they are drawn, so a CIFAR-sized set costs 180 MB, not 720.
 Readers parse the canonical formats (IDX, gzipped or raw; CIFAR python pickles through a restricted
-unpickler) and raise :class:`DataError`, one clean error type, on anything else.
+unpickler) and raise :class:`DataError`, one clean error type, on anything else. Every file is read whole
+and within a size bound (a gzip stream to its CRC trailer); a known set's files must be the published ones
+or hold the canonical arrays; and each loaded set carries the sha256 of its arrays, which names its runs.
 
 Example:
     >>> ds = load_dataset("digits")
@@ -510,16 +512,15 @@ def content_sha256(train_x: np.ndarray | torch.Tensor, train_y: np.ndarray | tor
     return h.hexdigest()
 
 
-def _check_known(name: str, md5s: dict[Path, str], arrays: tuple[np.ndarray, ...], allow_modified: bool) -> str:
-    """Refuse a known set whose files are neither the published ones nor hold the canonical arrays.
-    Returns the whole set's content hash when it was computed (else "")."""
+def _check_known(name: str, md5s: dict[Path, str], arrays: tuple[np.ndarray, ...], allow_modified: bool) -> None:
+    """Refuse a known set whose files are neither the published ones nor hold the canonical arrays."""
     known = KNOWN_MD5.get(name, {})
     bad = [(p, got) for p, got in md5s.items() if known.get(p.name) != got]
     if not bad:
-        return ""
-    full = content_sha256(*arrays)
+        return
+    full = content_sha256(*arrays)  # the whole set, before subsets: what KNOWN_CONTENT records
     if full == KNOWN_CONTENT.get(name) or allow_modified:
-        return full
+        return
     path, got = bad[0]
     want = known.get(path.name, "none published for this name")
     raise DataError(f"{path}: md5 {got}, not the published {want}; {name} content sha256 {full}, not the "
