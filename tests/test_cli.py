@@ -1,11 +1,20 @@
 """Bad input exits 2 with one line on stderr, never a traceback; nothing computed is lost."""
 
 import gzip
+import json
+import os
 import pickle
 import shutil
+import signal
+import struct
+import subprocess
+import sys
 
+import numpy as np
+import pytest
 
-from conftest import run_cli
+from conftest import REPO, run_cli
+from funclens.data import load_dataset
 
 
 def one_line_error(r, *needles):
@@ -90,3 +99,149 @@ def test_datasets_lists_every_known_set():
     assert r.returncode == 0
     for name in ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100"):
         assert name in r.stdout
+
+
+def write_toml(tmp_path, text, name="s.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_a_preset_of_the_wrong_type(tmp_path):
+    one_line_error(run_cli("study", str(write_toml(tmp_path, 'preset = ["a"]\n')), "--out", str(tmp_path / "o")),
+                   "preset")
+
+
+def test_a_study_file_that_is_a_directory_or_a_fifo(tmp_path):
+    one_line_error(run_cli("study", str(tmp_path), "--out", str(tmp_path / "o")), "regular file")
+    os.mkfifo(tmp_path / "fifo")
+    one_line_error(run_cli("study", str(tmp_path / "fifo"), "--out", str(tmp_path / "o"), timeout=60), "regular file")
+
+
+def test_infinite_lr_duplicate_grid_and_huge_counts(tmp_path):
+    one_line_error(run_cli("study", str(write_toml(tmp_path, "[train]\nlr = inf\n")), "--out", str(tmp_path / "o")),
+                   "lr", "finite")
+    one_line_error(run_cli("study", str(write_toml(tmp_path, 'quantize = ["8-bit", "8-bit"]\n')), "--out",
+                           str(tmp_path / "o")), "8-bit twice")
+    one_line_error(run_cli("study", "--epochs", str(10**30), "--out", str(tmp_path / "o")), "epochs")
+    seeds = write_toml(tmp_path, f"seeds = {list(range(5000))}\n")
+    one_line_error(run_cli("study", str(seeds), "--out", str(tmp_path / "o")), "seeds", "limit")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_study_name_never_leaves_results(tmp_path):
+    cwd = tmp_path / "a" / "b"
+    cwd.mkdir(parents=True)
+    env = {"PYTHONPATH": str(REPO / "src")}  # this checkout's funclens, from another working folder too
+    for name in ("../../x", str(tmp_path / "abs")):
+        one_line_error(run_cli("study", str(write_toml(tmp_path, f'name = "{name}"\n')), cwd=cwd, env=env), "name")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b", "s.toml"]
+
+
+def write_idx_set(folder, train_x, test_x):
+    """An MNIST-named folder of raw IDX files holding the given uint8 images (labels all 0)."""
+    folder.mkdir(parents=True)
+    for stem, arr in (("train-images-idx3-ubyte", train_x), ("t10k-images-idx3-ubyte", test_x),
+                      ("train-labels-idx1-ubyte", np.zeros(len(train_x), np.uint8)),
+                      ("t10k-labels-idx1-ubyte", np.zeros(len(test_x), np.uint8))):
+        head = struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+        (folder / stem).write_bytes(head + arr.tobytes())
+
+
+@pytest.mark.parametrize("n_train, n_test, side, needle", [
+    (0, 5, 28, "training set holds no images"), (20, 0, 28, "test set holds no images"), (20, 5, 2, "1x2x2 images"),
+])
+def test_data_no_model_can_train_on_is_refused_before_any_run(tmp_path, n_train, n_test, side, needle):
+    rng = np.random.default_rng(0)
+    write_idx_set(tmp_path / "data" / "mnist", rng.integers(0, 256, (n_train, side, side), dtype=np.uint8),
+                  rng.integers(0, 256, (n_test, side, side), dtype=np.uint8))
+    args = ("study", "--dataset", "mnist", "--epochs", "1", "--data-dir", str(tmp_path / "data"), "--offline",
+            "--out", str(tmp_path / "out"))
+    one_line_error(run_cli(*args, "--allow-modified-data"), needle)
+    assert not list(tmp_path.rglob("DONE"))  # no run ends DONE with NaN accuracy
+    if n_train and n_test:  # without the opt-in, files that are not MNIST's are refused first
+        one_line_error(run_cli(*args), "train-images-idx3-ubyte: md5", "--allow-modified-data")
+
+
+def test_a_flipped_bit_in_a_real_gz_is_a_clean_refusal(tmp_path, shared_data):
+    d = tmp_path / "data" / "mnist"
+    shutil.copytree(shared_data / "mnist", d)
+    f = d / "t10k-labels-idx1-ubyte.gz"
+    raw = bytearray(f.read_bytes())
+    raw[-6] ^= 0x01  # in the length trailer: gzip's own check, not the md5, must refuse it
+    f.write_bytes(bytes(raw))
+    r = run_cli("study", "--dataset", "mnist", "--epochs", "1", "--data-dir", str(tmp_path / "data"), "--offline",
+                "--allow-modified-data", "--out", str(tmp_path / "out"))
+    one_line_error(r, "t10k-labels-idx1-ubyte.gz", "gzip")
+
+
+TINY_MNIST = """
+name = "tiny"
+seeds = [0, 1]
+quantize = ["8-bit"]
+prune = []
+[data]
+dataset = "mnist"
+train_subset = 200
+test_subset = 100
+[train]
+epochs = 1
+[distill]
+alphas = []
+"""
+
+
+def test_a_rerun_on_repaired_data_recomputes_every_run(tmp_path, shared_data):
+    d = tmp_path / "data" / "mnist"
+    shutil.copytree(shared_data / "mnist", d)
+    f = d / "t10k-labels-idx1-ubyte.gz"
+    raw = bytearray(gzip.decompress(f.read_bytes()))
+    raw[8] = (raw[8] + 1) % 10  # the first test label, damaged
+    f.write_bytes(gzip.compress(bytes(raw)))
+    toml = write_toml(tmp_path, TINY_MNIST)
+    args = ("study", str(toml), "--data-dir", str(tmp_path / "data"), "--offline", "--out", str(tmp_path / "out"),
+            "--jobs", "1", "--no-report")
+    one_line_error(run_cli(*args), "t10k-labels-idx1-ubyte.gz")  # damaged data is refused by default
+    assert run_cli(*args, "--allow-modified-data").returncode == 0
+    damaged = {r["run"] for r in json.loads((tmp_path / "out" / "study.json").read_text())["runs"]}
+    shutil.copy(shared_data / "mnist" / "t10k-labels-idx1-ubyte.gz", f)  # repaired
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path / "out" / "study.json").read_text())
+    repaired = {r["run"] for r in rec["runs"]}
+    assert len(repaired) == 3 and not damaged & repaired
+    assert all((tmp_path / "out" / "runs" / rid / "DONE").is_file() for rid in damaged | repaired)
+    assert rec["study"]["data"]["content"] == load_dataset("mnist", shared_data, offline=True, train_subset=200,
+                                                           test_subset=100).content_sha256
+
+
+SLOW_STUDY = """
+name = "slow"
+seeds = [0, 1]
+quantize = ["8-bit"]
+prune = []
+[train]
+epochs = 40
+[distill]
+alphas = []
+"""
+
+
+def test_sigint_prints_the_interrupted_line_and_exits_130_with_stderr_a_pipe(tmp_path):
+    toml = write_toml(tmp_path, SLOW_STUDY)
+    p = subprocess.Popen([sys.executable, "-m", "funclens", "study", str(toml), "--out", str(tmp_path / "o"),
+                          "--jobs", "1", "--no-report"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONHASHSEED": "0"})
+    try:
+        for line in p.stderr:  # the study has started once its first run is finished
+            if "finished base" in line:
+                break
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert p.returncode == 130, err
+    assert lines[-1] == ("funclens: error: interrupted; finished epochs and runs are kept, run the same command "
+                         "again to resume"), err
+    assert "Traceback" not in err

@@ -94,12 +94,14 @@ def test_spawned_workers_give_the_forked_workers_bytes(tmp_path, small_study, sm
     # CUDA runs spawn their workers (CUDA does not survive a fork); on the CPU they fork. Same bytes.
     from funclens.backends.pool import PoolBackend
     from funclens.config import load_study_toml
+    from funclens.data import identified, load_from_cfg
     from funclens.execute import RunContext
     from funclens.plan import plan
     from funclens.schedule import run_plan
     from funclens.store import Store
 
     study = load_study_toml(small_study)
+    study = study.replace(data=identified(study.data, load_from_cfg(study.data)))  # as `funclens study` plans it
     out = tmp_path / "spawned"
     backend = PoolBackend(RunContext(out=str(out)), start_method="spawn")
     result = run_plan([p.spec for p in plan(study)], backend, store=Store(out), jobs=2)

@@ -12,8 +12,11 @@ Exit 0 on success, 2 on bad input, 1 on an internal failure; errors are one line
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import List, Optional
@@ -21,8 +24,8 @@ from typing import List, Optional
 import typer
 
 from funclens import paths
-from funclens.config import (PRESET_ARCHS, ConfigError, DataCfg, FunclensError, ModelCfg, StudyCfg,
-                             load_study_toml, preset_study, to_dict)
+from funclens.config import (MAX_EPOCHS, PRESET_ARCHS, ConfigError, FunclensError, ModelCfg, StudyCfg,
+                             load_study_toml, preset_study)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="Is the compressed model still the same function as the original?")
@@ -34,8 +37,8 @@ def _err(msg: str) -> None:
 
 
 def _resolve_studies(toml: Optional[Path], preset: Optional[str], dataset: Optional[str], arch: Optional[str],
-                     epochs: Optional[int], train_subset: Optional[int], test_subset: Optional[int]
-                     ) -> tuple[str, list[StudyCfg]]:
+                     epochs: Optional[int], train_subset: Optional[int], test_subset: Optional[int],
+                     allow_modified_data: bool = False) -> tuple[str, list[StudyCfg]]:
     """The studies one command runs: one per architecture of a multi-architecture preset."""
     if toml is not None:
         if preset:
@@ -52,16 +55,21 @@ def _resolve_studies(toml: Optional[Path], preset: Optional[str], dataset: Optio
     for s in bases:
         data = s.data
         if dataset is not None:
-            data = DataCfg(dataset, data.train_subset, data.test_subset)
-        if train_subset is not None or test_subset is not None:
-            data = DataCfg(data.dataset, train_subset if train_subset is not None else data.train_subset,
-                           test_subset if test_subset is not None else data.test_subset)
+            data = dataclasses.replace(data, dataset=dataset)
+        if train_subset is not None:
+            data = dataclasses.replace(data, train_subset=train_subset)
+        if test_subset is not None:
+            data = dataclasses.replace(data, test_subset=test_subset)
+        if data != s.data:
+            data = dataclasses.replace(data, content="")  # a pinned content holds for the study's own data only
+        if allow_modified_data:
+            data = dataclasses.replace(data, allow_modified=True)
         model = ModelCfg(arch) if arch else s.model
         train = s.train
         if epochs is not None:
-            if epochs < 1:
-                raise ConfigError(f"--epochs must be >= 1, got {epochs}")
-            train = type(train)(**{**to_dict(train), "epochs": epochs})
+            if not 1 <= epochs <= MAX_EPOCHS:
+                raise ConfigError(f"--epochs must be in 1..{MAX_EPOCHS}, got {epochs}")
+            train = dataclasses.replace(train, epochs=epochs)
         studies.append(s.replace(data=data, model=model, train=train))
     return name, studies
 
@@ -86,12 +94,16 @@ def study(
     offline: bool = typer.Option(False, help="never download data"),
     wait: bool = typer.Option(False, help="wait for another study holding --out instead of exiting"),
     no_report: bool = typer.Option(False, help="train and compress only"),
+    allow_modified_data: bool = typer.Option(
+        False, help="use data files that match neither the published checksums nor the canonical content "
+                    "(runs are named by the content they hold)"),
 ) -> None:
     """Train, compress and compare the models of a study, then write its report."""
     from funclens.execute import RunContext, resolve_device
     from funclens.study import run_study
 
-    name, studies = _resolve_studies(study_file, preset, dataset, arch, epochs, train_subset, test_subset)
+    name, studies = _resolve_studies(study_file, preset, dataset, arch, epochs, train_subset, test_subset,
+                                     allow_modified_data)
     if executor not in ("local", "ray"):
         raise ConfigError(f"--executor must be local or ray, got {executor!r}")
     if jobs < 0:
@@ -180,21 +192,54 @@ def verify(out: Path = typer.Argument(..., help="a study's output folder")) -> N
     typer.echo(f"ok: {checked} finished runs verified under {out}")
 
 
+INTERRUPTED = "interrupted; finished epochs and runs are kept, run the same command again to resume"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: maps errors to exit codes and one-line messages."""
+    """Entry point: maps errors to exit codes and one-line messages; Ctrl-C exits 130.
+
+    Args:
+        argv: the arguments after ``funclens`` (default ``sys.argv[1:]``).
+
+    Example:
+        >>> main(["study", "--epochs", "0"])
+        2
+    """
     global _DEBUG
     args = list(sys.argv[1:] if argv is None else argv)
     if "--debug" in args:
         _DEBUG = True
         args.remove("--debug")
         os.environ["FUNCLENS_DEBUG"] = "1"  # worker processes report tracebacks too
+    # typer turns KeyboardInterrupt into a silent exit 130, and code between here and the signal may
+    # turn it into another error: the handler notes the signal, so the promised line always comes.
+    interrupted: list[int] = []
+
+    def on_sigint(signum: int, frame: object) -> None:
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    in_main = threading.current_thread() is threading.main_thread()  # signals reach the main thread only
+    previous = signal.signal(signal.SIGINT, on_sigint) if in_main else None
+    try:
+        rc = _run(args)
+    except KeyboardInterrupt:
+        rc = 130
+        interrupted.append(signal.SIGINT)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        _err(INTERRUPTED)
+        return 130
+    return rc
+
+
+def _run(args: list[str]) -> int:
     cmd = typer.main.get_command(app)
     try:
         rc = cmd.main(args=args, prog_name="funclens", standalone_mode=False)
         return rc if isinstance(rc, int) else 0
-    except KeyboardInterrupt:
-        _err("interrupted; finished epochs and runs are kept, run the same command again to resume")
-        return 130
     except (typer.Exit, typer.Abort) as e:
         return getattr(e, "exit_code", 1)
     except Exception as e:

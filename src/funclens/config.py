@@ -17,12 +17,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import os
+import re
+import stat
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 from funclens.errors import ConfigError, FunclensError  # noqa: F401  (re-exported)
 
@@ -30,6 +34,43 @@ from funclens.errors import ConfigError, FunclensError  # noqa: F401  (re-export
 def _check(ok: bool, msg: str) -> None:
     if not ok:
         raise ConfigError(msg)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _finite(v: Any) -> bool:
+    """A real number that is neither inf nor NaN (TOML spells both, and both ruin a training run)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer past the float range
+        return False
+
+
+# Upper bounds on counts: far past any study funclens is meant for, low enough that a typo such as
+# --epochs 10**30 or 200,000 seeds is refused at once instead of running for ever.
+MAX_EPOCHS = 10_000
+MAX_BATCH = 1 << 20  # images per step
+MAX_IMAGES = 1 << 31  # subset sizes
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes at most 64 bits
+MAX_LIST = 1_000  # entries in any list of a study (seeds, alphas, amounts...)
+MAX_RUNS = 1_000  # runs in one study
+MAX_GROUP = 1 << 16  # 4-bit group size, weights
+MAX_STUDY_FILE_BYTES = 1 << 20  # a study file is a few hundred bytes of TOML
+# A study's name names its default output folder results/<name>: a slug, so it never leaves results/.
+NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+
+
+def _distinct(values: tuple, what: str, label: Callable[[Any], str] = str) -> None:
+    """Refuse a list that names one setting twice: its runs would be shared and averaged as several."""
+    seen: set[str] = set()
+    for v in values:
+        k = label(v)
+        _check(k not in seen, f"{what} lists {k} twice")
+        seen.add(k)
 
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100")
@@ -42,10 +83,19 @@ class DataCfg:
     dataset: str = field(default="digits", metadata={"help": "data set name: " + ", ".join(DATASETS)})
     train_subset: int = field(default=0, metadata={"help": "use only the first N training images (0: all)"})
     test_subset: int = field(default=0, metadata={"help": "use only the first N test images (0: all)"})
+    content: str = field(default="", metadata={
+        "help": "sha256 of the arrays as loaded (hex); a study fills it, so it enters every run's id, and "
+                "a load that finds other data is refused"})
+    allow_modified: bool = field(default=False, metadata={
+        "help": "use a known data set whose files match neither the published checksums nor the canonical "
+                "content (runs are then named by that content)"})
 
     def __post_init__(self) -> None:
         _check(self.dataset in DATASETS, f"unknown dataset {self.dataset!r}; known: {', '.join(DATASETS)}")
-        _check(self.train_subset >= 0 and self.test_subset >= 0, "subsets must be >= 0")
+        for what, n in (("train_subset", self.train_subset), ("test_subset", self.test_subset)):
+            _check(_is_int(n) and 0 <= n <= MAX_IMAGES, f"{what} must be an integer in 0..{MAX_IMAGES}, got {n!r}")
+        _check(self.content == "" or (len(self.content) == 64 and all(c in "0123456789abcdef" for c in self.content)),
+               f"content must be a sha256 in hex (64 characters), got {self.content!r}")
 
 
 @dataclass(frozen=True)
@@ -70,13 +120,17 @@ class TrainCfg:
     precision: str = field(default="fp32", metadata={"help": "fp32, or bf16 autocast (CUDA only; changes the function)"})
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be an integer >= 1, got {self.epochs}")
-        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(_is_int(self.epochs) and 1 <= self.epochs <= MAX_EPOCHS,
+               f"epochs must be an integer in 1..{MAX_EPOCHS}, got {self.epochs}")
+        _check(_is_int(self.batch_size) and 1 <= self.batch_size <= MAX_BATCH,
+               f"batch_size must be an integer in 1..{MAX_BATCH}, got {self.batch_size}")
         _check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
-        _check(self.weight_decay >= 0, "weight_decay must be >= 0")
-        _check(self.seed >= 0, "seed must be >= 0")
+        _check(_finite(self.lr) and self.lr > 0, f"lr must be a finite number > 0, got {self.lr}")
+        _check(_finite(self.momentum) and 0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        _check(_finite(self.weight_decay) and self.weight_decay >= 0,
+               f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        _check(_is_int(self.seed) and 0 <= self.seed <= MAX_SEED,
+               f"seed must be an integer in 0..2**63-1, got {self.seed}")
         _check(self.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got {self.precision!r}")
 
 
@@ -92,8 +146,9 @@ class DistillCfg:
 
     def __post_init__(self) -> None:
         _check(self.teacher.startswith("train_"), f"teacher must be a training run id, got {self.teacher!r}")
-        _check(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}")
-        _check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        _check(_finite(self.alpha) and 0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}")
+        _check(_finite(self.temperature) and self.temperature > 0,
+               f"temperature must be a finite number > 0, got {self.temperature}")
         _check(self.init in ("base-init", "fresh"), f"init must be base-init or fresh, got {self.init!r}")
         _check(self.init_run == "" or (self.init == "base-init" and self.init_run.startswith("train_")),
                "init_run names a training run, and only with init = base-init")
@@ -111,7 +166,8 @@ class QuantCfg:
 
     def __post_init__(self) -> None:
         _check(self.scheme in QUANT_SCHEMES, f"unknown quantization {self.scheme!r}; known: {', '.join(QUANT_SCHEMES)}")
-        _check(self.group_size >= 0, "group_size must be >= 0")
+        _check(_is_int(self.group_size) and 0 <= self.group_size <= MAX_GROUP,
+               f"group_size must be an integer in 0..{MAX_GROUP}, got {self.group_size}")
         _check(self.group_size == 0 or self.scheme == "4-bit", "group_size applies to 4-bit only")
 
 
@@ -121,7 +177,7 @@ class PruneCfg:
     scope: str = field(default="layer", metadata={"help": "layer: that fraction of every layer; global: one threshold"})
 
     def __post_init__(self) -> None:
-        _check(0.0 < self.amount < 1.0, f"pruning amount must be in (0, 1), got {self.amount}")
+        _check(_finite(self.amount) and 0.0 < self.amount < 1.0, f"pruning amount must be in (0, 1), got {self.amount}")
         _check(self.scope in ("layer", "global"), f"pruning scope must be layer or global, got {self.scope!r}")
 
 
@@ -232,7 +288,7 @@ def from_dict(cls: type, data: Any) -> Any:
         _check(isinstance(data, (list, tuple)), f"expected a list, got {data!r}")
         return tuple(from_dict(elt, v) for v in data)
     if cls is float:
-        _check(isinstance(data, (int, float)) and not isinstance(data, bool), f"expected a number, got {data!r}")
+        _check(_finite(data), f"expected a finite number, got {data!r}")
         return float(data)
     if cls is int:
         _check(isinstance(data, int) and not isinstance(data, bool), f"expected an integer, got {data!r}")
@@ -257,6 +313,19 @@ class DistillGrid:
     control: bool = field(default=True, metadata={
         "help": "also distil from an independent model (same recipe, alpha 0.5, first seed): the random control"})
 
+    def __post_init__(self) -> None:
+        for a in self.alphas:
+            _check(_finite(a) and 0 <= a <= 1, f"alpha must be in [0, 1], got {a}")
+        for s in self.seeds:
+            _check(_is_int(s) and 0 <= s <= MAX_SEED, f"distill seeds must be integers in 0..2**63-1, got {s}")
+        _check(len(self.alphas) <= MAX_LIST and len(self.seeds) <= MAX_LIST,
+               f"distill lists at most {MAX_LIST} alphas and {MAX_LIST} seeds")
+        _distinct(self.alphas, "distill.alphas", lambda a: f"{a:g}")
+        _distinct(self.seeds, "distill.seeds")
+        _check(_finite(self.temperature) and self.temperature > 0,
+               f"temperature must be a finite number > 0, got {self.temperature}")
+        _check(self.init in ("base-init", "fresh"), f"init must be base-init or fresh, got {self.init!r}")
+
 
 @dataclass(frozen=True)
 class StudyCfg:
@@ -274,32 +343,112 @@ class StudyCfg:
     metric: str = field(default="disagreement", metadata={"help": "distance behind RFD and verdicts"})
 
     def __post_init__(self) -> None:
+        _check(isinstance(self.name, str) and NAME_RE.fullmatch(self.name) is not None,
+               f"name must be 1 to 64 letters, digits, '.', '_' or '-', not starting with '.', got {self.name!r}")
         _check(len(self.seeds) >= 2, "a study needs at least 2 seeds: the base and one independent model")
-        _check(len(set(self.seeds)) == len(self.seeds), "seeds must differ")
+        for what, values in (("seeds", self.seeds), ("quantize", self.quantize), ("prune", self.prune),
+                             ("prune_global", self.prune_global)):
+            _check(len(values) <= MAX_LIST, f"{what} lists {len(values)} entries, over the limit of {MAX_LIST}")
+        for s in self.seeds:
+            _check(_is_int(s) and 0 <= s <= MAX_SEED, f"seeds must be integers in 0..2**63-1, got {s}")
+        _distinct(self.seeds, "seeds")
         _check(self.train.seed == 0, "set seeds through the study's seeds, not train.seed")
         for s in self.quantize:
             QuantCfg(scheme=s)
+        _distinct(self.quantize, "quantize")
         for a in self.prune:
             PruneCfg(amount=a)
         for a in self.prune_global:
             PruneCfg(amount=a, scope="global")
-        for a in self.distill.alphas:
-            _check(0 <= a <= 1, f"alpha must be in [0, 1], got {a}")
+        for what, amounts in (("prune", self.prune), ("prune_global", self.prune_global)):
+            _distinct(amounts, what, lambda a: f"{round(a * 100, 6):g}%")  # as plan() labels them
         _check(self.metric in ("disagreement", "js", "kl", "tv"), f"unknown metric {self.metric!r}")
+        g = self.distill
+        runs = (len(self.seeds) + len(g.alphas) * len(g.seeds) + int(g.control and bool(g.alphas) and bool(g.seeds))
+                + len(self.quantize) + len(self.prune) + len(self.prune_global))
+        _check(runs <= MAX_RUNS, f"the study has {runs} runs, over the limit of {MAX_RUNS}")
 
     def replace(self, **changes: Any) -> "StudyCfg":
         return dataclasses.replace(self, **changes)
 
 
-def load_study_toml(path: Path) -> StudyCfg:
-    """Read a study from TOML; its tables mirror StudyCfg (``[data]``, ``[train]``, ``[distill]``...)."""
+def read_at_most(fd: int, limit: int) -> bytes:
+    """Up to ``limit`` bytes from the open file ``fd``, read in chunks of at most 1 MiB: a bound on
+    what a file that grows while it is read, or a device, can make funclens hold.
+
+    Args:
+        fd: an open file descriptor.
+        limit: the most bytes returned.
+
+    Example:
+        >>> fd = os.open("/dev/zero", os.O_RDONLY)
+        >>> len(read_at_most(fd, 5)); os.close(fd)
+        5
+    """
+    chunks, got = [], 0
+    while got < limit:
+        chunk = os.read(fd, min(limit - got, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def read_study_text(path: Path) -> str:
+    """The text of a study file: a regular file of at most ``MAX_STUDY_FILE_BYTES``, in UTF-8.
+
+    Opened without blocking and checked before any read, so a FIFO, a folder or /dev/zero is
+    refused at once instead of hanging or filling the memory.
+
+    Args:
+        path: the study file.
+
+    Example:
+        >>> read_study_text(Path("/dev/null"))
+        Traceback (most recent call last):
+        funclens.errors.ConfigError: /dev/null: a study file must be a regular file
+    """
     try:
-        raw = tomllib.loads(Path(path).read_text())
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise ConfigError(f"study file not found: {path}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the study file ({e.strerror})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"{path}: a study file must be a regular file")
+        raw = read_at_most(fd, MAX_STUDY_FILE_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the study file ({e.strerror})") from None
+    finally:
+        os.close(fd)
+    _check(len(raw) <= MAX_STUDY_FILE_BYTES, f"{path}: over the {MAX_STUDY_FILE_BYTES}-byte limit of a study file")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def load_study_toml(path: Path) -> StudyCfg:
+    """Read a study from TOML; its tables mirror StudyCfg (``[data]``, ``[train]``, ``[distill]``...).
+
+    Args:
+        path: the study file; ``preset = "NAME"`` in it starts from that preset.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "s.toml"
+        >>> _ = p.write_text('preset = "quick"\\nseeds = [0, 5]\\n')
+        >>> load_study_toml(p).seeds
+        (0, 5)
+    """
+    try:
+        raw = tomllib.loads(read_study_text(path))
+    except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     preset = raw.pop("preset", None)
+    _check(preset is None or isinstance(preset, str), f"preset: expected a string, got {preset!r}")
     base = preset_study(preset) if preset else StudyCfg()
     merged = to_dict(base)
     for k, v in raw.items():

@@ -3,7 +3,9 @@
 Every data set is held as ``[N, C, H, W]`` uint8 images plus int64 labels, train and test; batches are
 converted to float and normalised when they are drawn, so a CIFAR-sized set costs 180 MB, not 720.
 Readers parse the canonical formats (IDX, gzipped or raw; CIFAR python pickles through a restricted
-unpickler) and raise :class:`DataError`, one clean error type, on anything else.
+unpickler) and raise :class:`DataError`, one clean error type, on anything else. Every file is read whole
+and within a size bound (a gzip stream to its CRC trailer); a known set's files must be the published ones
+or hold the canonical arrays; and each loaded set carries the sha256 of its arrays, which names its runs.
 
 Example:
     >>> ds = load_dataset("digits")
@@ -13,29 +15,36 @@ Example:
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import os
 import pickle
 import shutil
+import stat
 import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
+import zlib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from funclens.config import DATASETS, DataCfg
+from funclens.config import DATASETS, DataCfg, read_at_most
 from funclens.errors import DataError
 
 
 DEBIAN_DATASETS = Path("/usr/share/datasets")
-# Sizes above this are refused before anything is allocated: the largest canonical file holds 47 MB.
+# Sizes above these are refused before anything is allocated: the largest canonical IDX file holds
+# 47 MB of data (raw MNIST train images), the largest CIFAR pickle 155 MB (CIFAR-100 train).
 MAX_IDX_BYTES = 1 << 30
+MAX_PICKLE_BYTES = 256 << 20
+# A canonical CIFAR file holds at most 50,000 images; a pickle declaring more rows is not CIFAR.
+MAX_CIFAR_ROWS = 50_000
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,7 @@ class Dataset:
     num_classes: int
     mean: tuple[float, ...]  # per channel, of train_x / 255
     std: tuple[float, ...]
+    content_sha256: str = ""  # of the four arrays as loaded (subsets applied): see content_sha256()
 
     @property
     def in_shape(self) -> tuple[int, int, int]:
@@ -163,44 +173,133 @@ def _missing_message(name: str, data_dir: Path | None, why: str) -> str:
             f"(or {DEBIAN_DATASETS / FOLDERS[name]})")
 
 
+# ---------------------------------------------------------------- reading files with bounds
+
+def _read_bounded(path: Path, limit: int) -> bytes:
+    """The bytes of the regular file ``path``, refused when over ``limit`` bytes.
+
+    Opened without blocking and checked with fstat before any read, so a FIFO, a device such as
+    /dev/zero or a folder is refused at once instead of hanging or filling the memory.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise DataError(f"{path}: unreadable ({e.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise DataError(f"{path}: not a regular file")
+        if st.st_size > limit:
+            raise DataError(f"{path}: {st.st_size} bytes, over the {limit}-byte limit")
+        raw = read_at_most(fd, limit + 1)
+    except OSError as e:
+        raise DataError(f"{path}: unreadable ({e.strerror})") from None
+    finally:
+        os.close(fd)
+    if len(raw) > limit:
+        raise DataError(f"{path}: over the {limit}-byte limit")
+    return raw
+
+
 # ---------------------------------------------------------------- IDX
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
                0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
-def _open_maybe_gzip(path: Path) -> io.BufferedIOBase:
-    with open(path, "rb") as f:
-        magic = f.read(2)
-    # gzip.open owns its file, so closing the reader closes the file too (GzipFile(fileobj=) would not)
-    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")  # type: ignore[return-value]
+class _Plain:
+    """An IDX file's bytes, read in order."""
+
+    def __init__(self, raw: bytes, path: Path) -> None:
+        self.raw, self.pos, self.path = raw, 0, path
+
+    def read(self, n: int) -> bytes:
+        out = self.raw[self.pos:self.pos + n]
+        self.pos += len(out)
+        return out
+
+    def finish(self) -> None:
+        if self.pos != len(self.raw):
+            raise DataError(f"{self.path}: {len(self.raw) - self.pos} bytes more than its IDX header declares")
+
+
+class _Gunzip:
+    """The decompressed bytes of exactly one gzip member, inflated only as far as asked.
+
+    ``finish`` reads the stream to its end, so zlib checks the CRC-32 and length trailer; a file
+    that goes on after the member (trailing bytes, a second member) is refused, not ignored.
+    """
+
+    def __init__(self, raw: bytes, path: Path) -> None:
+        self.d, self.rest, self.path = zlib.decompressobj(16 + zlib.MAX_WBITS), raw, path
+
+    def read(self, n: int) -> bytes:
+        out: list[bytes] = []
+        got = 0
+        try:
+            while got < n and not self.d.eof:
+                before = len(self.rest)
+                chunk = self.d.decompress(self.rest, n - got)
+                self.rest = self.d.unconsumed_tail
+                out.append(chunk)
+                got += len(chunk)
+                if not chunk and len(self.rest) == before:
+                    break  # input used up before the member's end
+        except zlib.error as e:
+            raise DataError(f"{self.path}: damaged gzip data ({e})") from None
+        return b"".join(out)
+
+    def finish(self) -> None:
+        if self.read(1):
+            raise DataError(f"{self.path}: more data than its IDX header declares")
+        if not self.d.eof:
+            raise DataError(f"{self.path}: truncated gzip stream (no CRC trailer)")
+        if self.d.unused_data:
+            raise DataError(f"{self.path}: {len(self.d.unused_data)} bytes after the gzip stream "
+                            "(trailing data or a second member)")
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (raw or gzipped); the header is checked before any data is allocated."""
+    """Read an IDX file (raw or gzipped) whole; the header is checked before any data is allocated.
+
+    A gzipped file is one gzip member whose CRC-32 and length are checked; any bit flipped in it is
+    a :class:`DataError`, never different data.
+
+    Args:
+        path: the file, e.g. ``mnist/t10k-labels-idx1-ubyte.gz``.
+
+    Example:
+        >>> import gzip, tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "labels.gz"
+        >>> _ = p.write_bytes(gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 1, 2])))
+        >>> read_idx(p).tolist()
+        [7, 1, 2]
+    """
     path = Path(path)
-    try:
-        with _open_maybe_gzip(path) as f:
-            head = f.read(4)
-            if len(head) != 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES or not 1 <= head[3] <= 4:
-                raise DataError(f"{path}: not an IDX file (bad magic number)")
-            dtype = np.dtype(_IDX_DTYPES[head[2]])
-            dims_raw = f.read(4 * head[3])
-            if len(dims_raw) != 4 * head[3]:
-                raise DataError(f"{path}: truncated IDX header")
-            dims = tuple(int(d) for d in np.frombuffer(dims_raw, ">u4"))
-            nbytes = int(np.prod(dims, dtype=np.float64)) * dtype.itemsize
-            # A zero dimension makes the data empty but not the shape sane: (0, 11, 3e8) cannot be built.
-            span = float(np.prod([max(d, 1) for d in dims], dtype=np.float64)) * dtype.itemsize
-            if nbytes > MAX_IDX_BYTES or span > MAX_IDX_BYTES:
-                raise DataError(f"{path}: IDX header declares {nbytes} bytes, over the {MAX_IDX_BYTES}-byte limit")
-            if not isinstance(f, gzip.GzipFile) and os.path.getsize(path) - 4 - 4 * head[3] < nbytes:
-                raise DataError(f"{path}: truncated IDX file (header declares {nbytes} bytes of data)")
-            data = f.read(nbytes)
-            if len(data) != nbytes:
-                raise DataError(f"{path}: truncated IDX file ({len(data)} of {nbytes} bytes of data)")
-    except (OSError, EOFError, gzip.BadGzipFile, ValueError) as e:
-        raise DataError(f"{path}: unreadable ({e})") from None
+    return _idx_from_bytes(_read_bounded(path, MAX_IDX_BYTES), path)
+
+
+def _idx_from_bytes(raw: bytes, path: Path) -> np.ndarray:
+    f: _Plain | _Gunzip = _Gunzip(raw, path) if raw[:2] == b"\x1f\x8b" else _Plain(raw, path)
+    head = f.read(4)
+    if len(head) != 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES or not 1 <= head[3] <= 4:
+        raise DataError(f"{path}: not an IDX file (bad magic number)")
+    dtype = np.dtype(_IDX_DTYPES[head[2]])
+    dims_raw = f.read(4 * head[3])
+    if len(dims_raw) != 4 * head[3]:
+        raise DataError(f"{path}: truncated IDX header")
+    dims = tuple(int(d) for d in np.frombuffer(dims_raw, ">u4"))
+    nbytes = int(np.prod(dims, dtype=np.float64)) * dtype.itemsize
+    # A zero dimension makes the data empty but not the shape sane: (0, 11, 3e8) cannot be built.
+    span = float(np.prod([max(d, 1) for d in dims], dtype=np.float64)) * dtype.itemsize
+    if nbytes > MAX_IDX_BYTES or span > MAX_IDX_BYTES:
+        raise DataError(f"{path}: IDX header declares {nbytes} bytes, over the {MAX_IDX_BYTES}-byte limit")
+    if isinstance(f, _Plain) and len(raw) - 4 - 4 * head[3] < nbytes:
+        raise DataError(f"{path}: truncated IDX file (header declares {nbytes} bytes of data)")
+    data = f.read(nbytes)
+    if len(data) != nbytes:
+        raise DataError(f"{path}: truncated IDX file ({len(data)} of {nbytes} bytes of data)")
+    f.finish()
     return np.frombuffer(data, dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
@@ -209,44 +308,96 @@ def _idx_path(folder: Path, stem: str) -> Path:
     return raw if raw.is_file() else folder / (stem + ".gz")
 
 
-def _load_idx_set(folder: Path, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    arrays = [read_idx(_idx_path(folder, s)) for s in IDX_FILES]
+def _load_idx_set(folder: Path, name: str) -> tuple[tuple[np.ndarray, ...], dict[Path, str]]:
+    arrays, md5s = [], {}
+    for stem in IDX_FILES:
+        path = _idx_path(folder, stem)
+        raw = _read_bounded(path, MAX_IDX_BYTES)
+        md5s[path] = hashlib.md5(raw).hexdigest()
+        arrays.append(_idx_from_bytes(raw, path))
     trx, try_, tex, tey = arrays
     for imgs, labels, which in ((trx, try_, "train"), (tex, tey, "test")):
         if imgs.ndim != 3 or labels.ndim != 1 or len(imgs) != len(labels) or imgs.dtype != np.uint8:
             raise DataError(f"{name} {which}: images {imgs.shape} and labels {labels.shape} do not fit together")
         if labels.size and (labels.min() < 0 or labels.max() > 9):
             raise DataError(f"{name} {which}: labels outside 0..9")
-    return trx[:, None], try_.astype(np.int64), tex[:, None], tey.astype(np.int64)
+    return (trx[:, None], try_.astype(np.int64), tex[:, None], tey.astype(np.int64)), md5s
 
 
 # ---------------------------------------------------------------- CIFAR pickles
 
+_NDARRAY = object()  # stands for numpy.ndarray in a pickle: passed to _reconstruct, never called
+_DTYPES = ("u1", "i1", "i2", "i4", "i8", "f4", "f8", "b1")  # what a CIFAR pickle's arrays may hold
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only the globals a CIFAR pickle names (numpy's array reconstruction); anything
-    else, a ``os.system`` say, is refused, so no code runs from a data file."""
+    """Builds only what a CIFAR pickle needs, within bounds: numpy arrays of plain dtypes no larger
+    than the file itself (a canonical pickle holds its array bytes inline), and latin-1 strings.
+    Any other global, an ``os.system`` say, is refused, so no code runs from a data file, and no
+    allowed constructor can be asked to allocate more than the file's size.
+    """
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
+    def __init__(self, file: io.BytesIO, size: int) -> None:
+        super().__init__(file, encoding="bytes")
+        self.size = size
+
     def find_class(self, module: str, name: str):  # noqa: ANN201
         if (module, name) not in self.ALLOWED:
             raise DataError(f"forbidden global {module}.{name}")
-        if name == "encode":
-            import codecs
+        return {"encode": _latin1_encode, "ndarray": _NDARRAY, "dtype": _plain_dtype}.get(name, self._reconstruct)
 
-            return codecs.encode
-        if name in ("ndarray", "dtype"):
-            return getattr(np, name)
-        return np._core.multiarray._reconstruct if hasattr(np, "_core") else np.core.multiarray._reconstruct
+    def _reconstruct(self, subtype: object, shape: object, dtype: object) -> np.ndarray:
+        if subtype is not _NDARRAY or not isinstance(shape, tuple) or not all(type(d) is int for d in shape):
+            raise DataError("not a CIFAR pickle (unexpected array reconstruction)")
+        elements = 1
+        for d in shape:
+            elements *= max(d, 0)
+        if elements > self.size:  # at least one byte each, all of them inline in the file
+            raise DataError(f"array of {elements} elements declared in a {self.size}-byte file")
+        return _np_reconstruct()(np.ndarray, shape, dtype)
+
+
+def _np_reconstruct():  # noqa: ANN202
+    return np._core.multiarray._reconstruct if hasattr(np, "_core") else np.core.multiarray._reconstruct
+
+
+def _plain_dtype(name: object, *args: object) -> np.dtype:
+    if isinstance(name, bytes):  # Python 2 wrote its str, which loads as bytes
+        name = name.decode("latin1")
+    if not isinstance(name, str) or name not in _DTYPES:
+        raise DataError(f"not a CIFAR pickle (dtype {name!r})")
+    return np.dtype(name, *args)
+
+
+def _latin1_encode(text: object, encoding: object = "utf-8") -> bytes:
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise DataError("not a CIFAR pickle (unexpected string encoding)")
+    return text.encode("latin1")
 
 
 def read_cifar_pickle(path: Path) -> dict:
-    """Load one CIFAR batch file into a dict with str keys, through the restricted unpickler."""
+    """Load one CIFAR batch file into a dict with str keys, through the restricted unpickler.
+
+    Args:
+        path: a batch file, e.g. ``cifar-10-batches-py/test_batch``; at most ``MAX_PICKLE_BYTES``.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "batch"
+        >>> _ = p.write_bytes(pickle.dumps({b"labels": [3], b"data": np.zeros((1, 3072), np.uint8)}, protocol=2))
+        >>> sorted(read_cifar_pickle(p))
+        ['data', 'labels']
+    """
     path = Path(path)
+    return _cifar_dict(_read_bounded(path, MAX_PICKLE_BYTES), path)
+
+
+def _cifar_dict(raw: bytes, path: Path) -> dict:
     try:
-        with open(path, "rb") as f:
-            obj = _RestrictedUnpickler(f, encoding="bytes").load()
+        obj = _RestrictedUnpickler(io.BytesIO(raw), len(raw)).load()
     except DataError as e:
         raise DataError(f"{path}: {e}") from None
     except Exception as e:  # a damaged pickle can raise nearly anything; all of it means "not CIFAR"
@@ -256,29 +407,36 @@ def read_cifar_pickle(path: Path) -> dict:
     return {(k.decode("latin1") if isinstance(k, bytes) else str(k)): v for k, v in obj.items()}
 
 
-def _cifar_arrays(path: Path, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    d = read_cifar_pickle(path)
+def _cifar_arrays(path: Path, label_key: str, num_classes: int, md5s: dict[Path, str]
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    raw = _read_bounded(path, MAX_PICKLE_BYTES)
+    md5s[path] = hashlib.md5(raw).hexdigest()
+    d = _cifar_dict(raw, path)
     data, labels = d.get("data"), d.get(label_key)
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise DataError(f"{path}: 'data' is not a uint8 [N, 3072] array")
-    try:
-        y = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError):
-        raise DataError(f"{path}: '{label_key}' is not a list of integers") from None
-    if y.shape != (len(data),) or (y.size and (y.min() < 0 or y.max() >= num_classes)):
-        raise DataError(f"{path}: '{label_key}' does not match 'data' or leaves 0..{num_classes - 1}")
+    if len(data) > MAX_CIFAR_ROWS:
+        raise DataError(f"{path}: {len(data)} images, more than a CIFAR file holds ({MAX_CIFAR_ROWS})")
+    # Checked item by item before numpy sees it: a list of repeated references to one long list
+    # costs a few bytes of pickle per reference but would expand to gigabytes in np.asarray.
+    if not isinstance(labels, list) or len(labels) != len(data) or not all(type(v) is int for v in labels):
+        raise DataError(f"{path}: '{label_key}' is not a list of {len(data)} integers, one per image")
+    y = np.asarray(labels, dtype=np.int64)
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise DataError(f"{path}: '{label_key}' leaves 0..{num_classes - 1}")
     return data.reshape(-1, 3, 32, 32), y
 
 
-def _load_cifar(folder: Path, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _load_cifar(folder: Path, name: str) -> tuple[tuple[np.ndarray, ...], dict[Path, str]]:
+    md5s: dict[Path, str] = {}
     if name == "cifar10":
-        parts = [_cifar_arrays(folder / f"data_batch_{i}", "labels", 10) for i in range(1, 6)]
+        parts = [_cifar_arrays(folder / f"data_batch_{i}", "labels", 10, md5s) for i in range(1, 6)]
         trx, try_ = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-        tex, tey = _cifar_arrays(folder / "test_batch", "labels", 10)
+        tex, tey = _cifar_arrays(folder / "test_batch", "labels", 10, md5s)
     else:
-        trx, try_ = _cifar_arrays(folder / "train", "fine_labels", 100)
-        tex, tey = _cifar_arrays(folder / "test", "fine_labels", 100)
-    return trx, try_, tex, tey
+        trx, try_ = _cifar_arrays(folder / "train", "fine_labels", 100, md5s)
+        tex, tey = _cifar_arrays(folder / "test", "fine_labels", 100, md5s)
+    return (trx, try_, tex, tey), md5s
 
 
 # ---------------------------------------------------------------- digits
@@ -295,23 +453,110 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return trx, try_, tex, tey
 
 
+# ---------------------------------------------------------------- identity
+
+# md5 of each canonical file as published with the data set (the values torchvision checks; the raw
+# MNIST ones as listed in shared/data/SOURCES.md), checked every time a set is read.
+KNOWN_MD5: dict[str, dict[str, str]] = {
+    "mnist": {"train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+              "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+              "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+              "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+              "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+              "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+              "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+              "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637"},
+    "fashion-mnist": {"train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                      "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+                      "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+                      "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"},
+    "cifar10": {"data_batch_1": "c99cafc152244af753f735de768cd75f", "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+                "data_batch_3": "54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "634d18415352ddfa80567beed471001a",
+                "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb", "test_batch": "40351d587109b95175f43aff81a1287e"},
+    "cifar100": {"train": "16019d7e3df5f24257cddd939b257f8d", "test": "f0ef6b0ae62326f3e7ffdfab6717acfc"},
+}
+
+# content_sha256() of the whole canonical sets, for files that hold the canonical arrays in other
+# bytes: a gzip of other settings (Debian's Fashion-MNIST .gz files, whose md5s are not the published
+# ones), or CIFAR pickles without the 'filenames' key. Computed once with this module from copies
+# verified against the published checksums or independent sources: MNIST from the four .gz files
+# whose md5s are the published ones; Fashion-MNIST from Debian's dataset-fashion-mnist
+# 0.0~git20200523.55506a9-1; CIFAR-10 from the lossless copy described in shared/data/SOURCES.md
+# (pixels and labels checked there against ConvNetJS, CIFAR-10H and published rows). No verified
+# CIFAR-100 copy was at hand: CIFAR-100 is accepted through its files' md5s only.
+KNOWN_CONTENT: dict[str, str] = {
+    "mnist": "4603a34520d2cf66ddc0b6d9524213ca8a7794c477998fce8aade95041c8d142",
+    "fashion-mnist": "bcaa2223d6348c30af808815450404474d5c4e95db8b9e1e70d1b4e7b8020b91",
+    "cifar10": "34f4b971278576a4a7eec6b865f89ed4c8d27bbf5a41f0ee114680cba4f924dd",
+}
+
+
+def content_sha256(train_x: np.ndarray | torch.Tensor, train_y: np.ndarray | torch.Tensor,
+                   test_x: np.ndarray | torch.Tensor, test_y: np.ndarray | torch.Tensor) -> str:
+    """sha256 (hex) of a data set's four arrays, each as its name, dtype, shape and little-endian bytes.
+
+    Args:
+        train_x, train_y, test_x, test_y: the arrays as loaded (numpy arrays or CPU tensors).
+
+    Example:
+        >>> z = np.zeros((1, 1, 2, 2), np.uint8); y = np.zeros(1, np.int64)
+        >>> content_sha256(z, y, z, y) == content_sha256(z, y, z, y + 1)
+        False
+    """
+    h = hashlib.sha256()
+    for name, a in (("train_x", train_x), ("train_y", train_y), ("test_x", test_x), ("test_y", test_y)):
+        arr = np.ascontiguousarray(a.numpy() if isinstance(a, torch.Tensor) else a)
+        arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+        h.update(f"{name}:{arr.dtype.str}:{list(arr.shape)};".encode())
+        h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()
+
+
+def _check_known(name: str, md5s: dict[Path, str], arrays: tuple[np.ndarray, ...], allow_modified: bool) -> None:
+    """Refuse a known set whose files are neither the published ones nor hold the canonical arrays."""
+    known = KNOWN_MD5.get(name, {})
+    bad = [(p, got) for p, got in md5s.items() if known.get(p.name) != got]
+    if not bad:
+        return
+    full = content_sha256(*arrays)  # the whole set, before subsets: what KNOWN_CONTENT records
+    if full == KNOWN_CONTENT.get(name) or allow_modified:
+        return
+    path, got = bad[0]
+    want = known.get(path.name, "none published for this name")
+    raise DataError(f"{path}: md5 {got}, not the published {want}; {name} content sha256 {full}, not the "
+                    f"canonical {KNOWN_CONTENT.get(name) or '(none known)'}; to use these files anyway, pass "
+                    "--allow-modified-data (in a study file: [data] allow_modified = true)")
+
+
 # ---------------------------------------------------------------- entry point
 
 NUM_CLASSES = {"digits": 10, "mnist": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100}
 
 
-def load_dataset(name: str, data_dir: Path | None = None, *, offline: bool = False,
-                 train_subset: int = 0, test_subset: int = 0) -> Dataset:
+def load_dataset(name: str, data_dir: Path | None = None, *, offline: bool = False, train_subset: int = 0,
+                 test_subset: int = 0, allow_modified: bool = False, content: str = "") -> Dataset:
     """Load a data set into memory, downloading its canonical files first when missing and online.
+
+    Every load checks a known set's files against their published md5s, or else its arrays against
+    the canonical content hash; the result carries ``content_sha256`` of what was loaded.
 
     Args:
         name: one of ``digits``, ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100``.
         data_dir: where canonical folders live (default ``$FUNCLENS_DATA`` or ``~/.cache/funclens``).
         offline: never download; a missing set is a :class:`DataError` naming the files expected.
         train_subset, test_subset: keep only the first N images (0: all).
+        allow_modified: accept files that are neither the published ones nor hold the canonical arrays.
+        content: the ``content_sha256`` the loaded set must have ("" : any); a set that matches it was
+            accepted before, so the published checksums are not asked for again.
+
+    Example:
+        >>> ds = load_dataset("digits", test_subset=10)
+        >>> len(ds.test_x), len(ds.content_sha256)
+        (10, 64)
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    md5s: dict[Path, str] = {}
     if name == "digits":
         arrays = _load_digits()
     else:
@@ -320,17 +565,28 @@ def load_dataset(name: str, data_dir: Path | None = None, *, offline: bool = Fal
             if offline:
                 raise DataError(_missing_message(name, data_dir, "not found and --offline given"))
             folder = download(name, Path(data_dir) if data_dir else default_data_dir())
-        arrays = _load_idx_set(folder, name) if name in ("mnist", "fashion-mnist") else _load_cifar(folder, name)
+        arrays, md5s = _load_idx_set(folder, name) if name in ("mnist", "fashion-mnist") else _load_cifar(folder, name)
     trx, try_, tex, tey = arrays
     if train_subset:
         trx, try_ = trx[:train_subset], try_[:train_subset]
     if test_subset:
         tex, tey = tex[:test_subset], tey[:test_subset]
+    for imgs, which in ((trx, "training"), (tex, "test")):
+        if len(imgs) == 0:
+            raise DataError(f"{name}: the {which} set holds no images")
+    subset = (trx, try_, tex, tey)
+    got = content_sha256(*subset)
+    if content:
+        if got != content:
+            raise DataError(f"{name}: the data changed since the study was planned (content sha256 {got}, "
+                            f"planned {content})")
+    elif name != "digits":
+        _check_known(name, md5s, arrays, allow_modified)
     train_x = torch.from_numpy(np.ascontiguousarray(trx))
     mean, std = _channel_stats(train_x)
     return Dataset(name, train_x, torch.from_numpy(np.ascontiguousarray(try_)),
                    torch.from_numpy(np.ascontiguousarray(tex)), torch.from_numpy(np.ascontiguousarray(tey)),
-                   NUM_CLASSES[name], mean, std)
+                   NUM_CLASSES[name], mean, std, got)
 
 
 def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -348,8 +604,65 @@ def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...
 
 
 def load_from_cfg(cfg: DataCfg, data_dir: Path | None = None, offline: bool = False) -> Dataset:
+    """The data set ``cfg`` describes; with ``cfg.content`` set, it must hold exactly that content."""
     return load_dataset(cfg.dataset, data_dir, offline=offline, train_subset=cfg.train_subset,
-                        test_subset=cfg.test_subset)
+                        test_subset=cfg.test_subset, allow_modified=cfg.allow_modified, content=cfg.content)
+
+
+def check_content(cfg: DataCfg, data: Dataset) -> Dataset:
+    """``data`` if it holds the content ``cfg`` pins (or ``cfg`` pins none); else a :class:`DataError`."""
+    if cfg.content and data.content_sha256 != cfg.content:
+        raise DataError(f"{cfg.dataset}: the data changed since the study was planned (content sha256 "
+                        f"{data.content_sha256}, planned {cfg.content})")
+    return data
+
+
+def identified(cfg: DataCfg, data: Dataset) -> DataCfg:
+    """``cfg`` pinned to the content of ``data``, as every run of a study records it.
+
+    The pin replaces ``allow_modified``: a run is named by what it was trained on, not by how that
+    data came to be accepted.
+
+    Args:
+        cfg: the study's data config.
+        data: the data set loaded from it.
+
+    Example:
+        >>> cfg = DataCfg("digits", test_subset=10)
+        >>> identified(cfg, load_from_cfg(cfg)).content == load_dataset("digits", test_subset=10).content_sha256
+        True
+    """
+    check_content(cfg, data)
+    return dataclasses.replace(cfg, content=data.content_sha256, allow_modified=False)
+
+
+def check_model_fits(arch: str, data: Dataset) -> None:
+    """One forward pass of ``arch`` on one test image: images the model cannot take (too small for
+    its pooling, say) are a :class:`DataError` before any run starts, not a failure in every run.
+
+    Args:
+        arch: a registered model name.
+        data: the data set the study trains on.
+
+    Example:
+        >>> check_model_fits("lenet", load_dataset("digits", test_subset=1))
+    """
+    from funclens.models import create_model  # late: the registry imports every model
+
+    shape = "x".join(str(d) for d in data.in_shape)
+    # fork_rng leaves the caller's random state alone; warnings about a model built for such images
+    # (zero-element layers) would only precede the one line that says what is wrong.
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            model = create_model(arch, in_shape=data.in_shape, num_classes=data.num_classes).eval()
+            out = model(data.normalize(data.test_x[:1]))
+        except (RuntimeError, ValueError, IndexError, ZeroDivisionError) as e:
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DataError(f"{arch} cannot take {data.name}'s {shape} images ({why})") from None
+    if tuple(out.shape) != (1, data.num_classes):
+        raise DataError(f"{arch} maps {data.name}'s {shape} images to outputs of shape {tuple(out.shape)[1:]}, "
+                        f"not {data.num_classes} classes")
 
 
 def dataset_status(data_dir: Path | None = None) -> list[tuple[str, str, str]]:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from funclens.config import ConfigError, DataCfg, FunclensError, RunSpec
-from funclens.data import Dataset, load_from_cfg
+from funclens.data import Dataset, check_content, load_from_cfg
 from funclens.models import create_model
 from funclens.store import Store
 
@@ -77,7 +77,7 @@ _DATA_CACHE: dict[tuple, Dataset] = {}
 
 
 def preload_dataset(cfg: DataCfg, ctx: RunContext) -> Dataset:
-    """The data set of ``cfg``, loaded once per process.
+    """The data set of ``cfg``, loaded once per process; a pinned ``cfg.content`` is checked each time.
 
     Args:
         cfg: which data set, and which subsets of it.
@@ -87,11 +87,11 @@ def preload_dataset(cfg: DataCfg, ctx: RunContext) -> Dataset:
         >>> preload_dataset(DataCfg("digits"), RunContext(out=".")).num_classes
         10
     """
-    key = (cfg, ctx.data_dir)
+    key = (cfg.dataset, cfg.train_subset, cfg.test_subset, ctx.data_dir)  # the content pin reuses the load
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()  # one data set at a time per process: CIFAR takes 180 MB
         _DATA_CACHE[key] = load_from_cfg(cfg, Path(ctx.data_dir) if ctx.data_dir else None, ctx.offline)
-    return _DATA_CACHE[key]
+    return check_content(cfg, _DATA_CACHE[key])
 
 
 _TEACHER_CACHE: dict[tuple, torch.Tensor] = {}

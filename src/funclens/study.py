@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from funclens import __version__
 from funclens.config import FunclensError, StudyCfg, to_dict
+from funclens.data import check_model_fits, identified
 from funclens.execute import RunContext, preload_dataset
 from funclens.plan import PlannedRun, plan
 from funclens.schedule import Backend, PlanResult, run_plan
@@ -54,7 +55,11 @@ def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int | None = None, exec
     store.ensure_writable()
     # Read the data once here: a missing or damaged file is one clear error before any run starts,
     # and the in-process backend reuses the loaded set.
-    preload_dataset(study.data, ctx)
+    data = preload_dataset(study.data, ctx)
+    # Runs are named by the content of the data they train on: a rerun on other (repaired) files
+    # never reuses runs trained on the old ones. A model that cannot take the images fails here once.
+    study = study.replace(data=identified(study.data, data))
+    check_model_fits(study.model.arch, data)
     planned = plan(study)
     specs = [p.spec for p in planned]
     jobs = jobs or (len(specs) if executor == "ray" else os.cpu_count() or 1)
