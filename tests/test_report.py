@@ -15,7 +15,8 @@ from matplotlib.figure import Figure
 from funclens import paths
 from funclens.config import preset_study
 from funclens.plan import ROLES
-from funclens.report import RunView, StudyView, analyse, figures, load_study, verdict_sentences, write_tables
+from funclens.report import figures, verdict_sentences, write_tables
+from funclens.summary import RunView, StudyView, analyse, load_study
 from funclens.rfd import rfd
 from funclens.store import Store
 

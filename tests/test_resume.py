@@ -18,9 +18,12 @@ def pred_files(out: Path) -> dict[str, bytes]:
 
 def base_run(study_file: Path) -> str:
     from funclens.config import load_study_toml
+    from funclens.data import identified, load_from_cfg
     from funclens.plan import plan
 
-    return next(p.run_id for p in plan(load_study_toml(study_file)) if p.role == "base")
+    study = load_study_toml(study_file)
+    study = study.replace(data=identified(study.data, load_from_cfg(study.data)))  # as `funclens study` plans it
+    return next(p.run_id for p in plan(study) if p.role == "base")
 
 
 def killed_study(study_file: Path, out: Path, kill_after: str, *extra: str) -> int:

@@ -28,7 +28,7 @@ import numpy as np
 from funclens import metrics, paths
 from funclens.errors import FunclensError, StoreError
 from funclens.plan import ROLES
-from funclens.report import json_safe
+from funclens.summary import json_safe
 from funclens.rfd import N_BOOT, SEED, rfd
 from funclens.store import Store
 

@@ -11,153 +11,20 @@ import csv
 import html
 import io
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from funclens import __version__, metrics, paths
-from funclens.config import FunclensError, StudyCfg, from_dict
 from funclens.pairwise import pairwise
 from funclens.plan import ROLES
-from funclens.rfd import CI, INDEPENDENT_ABOVE, N_BOOT, PRESERVE_BELOW, SEED, independent_reference, rfd
-from funclens.store import Store, StoreError, atomic_write_bytes, atomic_write_text
+from funclens.rfd import INDEPENDENT_ABOVE, N_BOOT, PRESERVE_BELOW
+from funclens.store import Store, atomic_write_bytes, atomic_write_text
+from funclens.summary import RunView, StudyView, analyse, load_study
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-# roles whose runs become rows compared with the base, in the order of ROLES
-_COMPARED = ("student", "control", "quantize", "prune")
-# sizes a post-hoc run's metrics.json records, copied into its row
-_SIZE_KEYS = ("weight_bytes", "fp32_bytes", "sparse_bytes", "sparsity", "conv_layers_compressed", "layers_total")
-
-
-@dataclass
-class RunView:
-    run: str
-    role: str
-    setting: str
-    seed: int | None
-    accuracy: float
-    final: np.ndarray  # [N, C] float16 softmax after the last epoch (or the post-hoc model's)
-    epochs: list[int] = field(default_factory=list)
-    info: dict = field(default_factory=dict)
-
-
-@dataclass
-class StudyView:
-    out: Path
-    study: StudyCfg
-    runs: list[RunView]
-
-    @property
-    def base(self) -> RunView:
-        return next(r for r in self.runs if r.role == "base")
-
-    def of(self, role: str) -> list[RunView]:
-        return [r for r in self.runs if r.role == role]
-
-
-def load_study(out: Path) -> StudyView:
-    """Read a study's plan and every run's final predictions, refusing damaged or unfinished runs."""
-    out = Path(out)
-    store = Store(out)
-    rec = store.read_study()
-    study = from_dict(StudyCfg, rec["study"])
-    views = []
-    for r in rec["runs"]:
-        rid = r["run"]
-        if not store.is_done(rid):
-            raise StoreError(f"run {rid} ({r['role']} {r['setting']}) is not finished; run `funclens study` first")
-        problems = store.verify_run(rid)
-        if problems:
-            raise StoreError(problems[0] + "; rerun `funclens study` to recompute it")
-        m = store.load_metrics(rid)
-        info = {k: m[k] for k in ("weight_bytes", "fp32_bytes", "sparse_bytes", "sparsity", "layers_compressed",
-                                  "conv_layers_compressed", "layers_total", "precision", "device") if k in m}
-        views.append(RunView(rid, r["role"], r["setting"], r.get("seed"), float(m["test_acc"]),
-                             store.load_preds(rid), store.pred_epochs(rid), info))
-    return StudyView(out, study, views)
-
-
-# ---------------------------------------------------------------- analysis
-
-def json_safe(obj):
-    """``obj`` with every non-finite float (nan, inf) replaced by None: strict JSON has no NaN.
-
-    Args:
-        obj: nested dicts, lists, tuples and scalars.
-
-    Example:
-        >>> json_safe({"a": [1.0, float("nan")], "b": float("inf")})
-        {'a': [1.0, None], 'b': None}
-    """
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
-
-
-def _mean_distance(base: np.ndarray, members: list[RunView], metric: str) -> float:
-    return float(np.mean([metrics.distance(base, m.final, metric) for m in members]))
-
-
-def _row(sv: StudyView, role: str, setting: str, members: list[RunView], indeps: list[RunView],
-         metric: str) -> dict:
-    """One row of ``summary.json``: ``members`` (one run, or students over seeds) against the base."""
-    base = sv.base
-    r = rfd(base.final, [m.final for m in members], [i.final for i in indeps], metric=metric)
-    devs = [metrics.accuracy_deviation(m.accuracy, base.accuracy) for m in members]
-    row = {
-        "method": ROLES[role].method, "role": role, "setting": setting, "runs": [m.run for m in members],
-        "accuracy": float(np.mean([m.accuracy for m in members])),
-        "accuracy_deviation_pct": float(np.mean(devs)),
-        # the paper's (±std) over seeds; sample std (ddof=1), null for a single model
-        "accuracy_deviation_std": float(np.std(devs, ddof=1)) if len(devs) > 1 else None,
-        "disagreement": _mean_distance(base.final, members, "disagreement"),
-        "js": _mean_distance(base.final, members, "js"), "tv": _mean_distance(base.final, members, "tv"),
-        **r.to_json(),
-    }
-    row.update({k: members[0].info[k] for k in _SIZE_KEYS if k in members[0].info})
-    return row
-
-
-def _groups(sv: StudyView) -> dict[tuple[str, str], list[RunView]]:
-    """(role, setting) -> its runs, compared roles only, in the order of ROLES then of the plan."""
-    groups: dict[tuple[str, str], list[RunView]] = {}
-    for role in _COMPARED:
-        for r in sv.of(role):
-            # a control student's setting names its role too, so that table columns stay distinct
-            groups.setdefault((role, r.setting if role != "control" else f"control {r.setting}"), []).append(r)
-    return groups
-
-
-def analyse(sv: StudyView) -> dict:
-    """The ``summary.json`` of a study (DESIGN.md's contract, plus ``role``, ``tv``, ``p_closer`` and sizes).
-
-    Every row's ``rfd``, ``rfd_ci``, ``p_closer`` and ``verdict`` are :func:`funclens.rfd.rfd` of its runs' final
-    predictions against the base and all independent models, with the default bootstrap (``N_BOOT``, ``SEED``).
-    """
-    metric = sv.study.metric
-    base, indeps = sv.base, sv.of("independent")
-    ref = independent_reference(base.final, [i.final for i in indeps], metric)
-    rows = [_row(sv, "independent", i.setting, [i], indeps, metric) for i in indeps]
-    rows += [_row(sv, role, setting, members, indeps, metric) for (role, setting), members in _groups(sv).items()]
-    return json_safe({
-        "funclens_version": __version__, "study": sv.study.name, "dataset": sv.study.data.dataset,
-        "arch": sv.study.model.arch, "num_test": int(base.final.shape[0]), "num_classes": int(base.final.shape[1]),
-        "metric": metric, "base": {"run": base.run, "accuracy": base.accuracy},
-        "reference": {"independent_mean": ref["mean"], "independent_std": ref["std"], "pairs": ref["pairs"],
-                      "between_independents": ref["between"]},
-        "thresholds": {"preserves_below": PRESERVE_BELOW, "independent_above": INDEPENDENT_ABOVE,
-                       "ci": CI, "bootstrap": N_BOOT, "seed": SEED},
-        "rows": rows,
-    })
-
 
 # ---------------------------------------------------------------- tables
 
