@@ -18,11 +18,11 @@ def pred_files(out: Path) -> dict[str, bytes]:
 
 def base_run(study_file: Path) -> str:
     from funclens.config import load_study_toml
-    from funclens.data import identified, load_from_cfg
+    from funclens.execute import RunContext
     from funclens.plan import plan
+    from funclens.study import pin_data
 
-    study = load_study_toml(study_file)
-    study = study.replace(data=identified(study.data, load_from_cfg(study.data)))  # as `funclens study` plans it
+    study = pin_data(load_study_toml(study_file), RunContext(out="."))  # as `funclens study` plans it
     return next(p.run_id for p in plan(study) if p.role == "base")
 
 
@@ -97,14 +97,14 @@ def test_spawned_workers_give_the_forked_workers_bytes(tmp_path, small_study, sm
     # CUDA runs spawn their workers (CUDA does not survive a fork); on the CPU they fork. Same bytes.
     from funclens.backends.pool import PoolBackend
     from funclens.config import load_study_toml
-    from funclens.data import identified, load_from_cfg
     from funclens.execute import RunContext
     from funclens.plan import plan
     from funclens.schedule import run_plan
     from funclens.store import Store
+    from funclens.study import pin_data
 
     study = load_study_toml(small_study)
-    study = study.replace(data=identified(study.data, load_from_cfg(study.data)))  # as `funclens study` plans it
+    study = pin_data(study, RunContext(out=str(tmp_path)))  # as `funclens study` plans it
     out = tmp_path / "spawned"
     backend = PoolBackend(RunContext(out=str(out)), start_method="spawn")
     result = run_plan([p.spec for p in plan(study)], backend, store=Store(out), jobs=2)

@@ -186,10 +186,11 @@ def failure_lines(stderr: str) -> list[str]:
 def test_the_cli_exits_2_on_a_runs_input_error_with_one_line_for_it(tmp_path):
     from funclens.config import load_study_toml
     from funclens.plan import plan
+    from funclens.study import pin_data
 
     study = tmp_path / "s.toml"
     study.write_text(STUDY.format(lr=0.02))
-    base = plan(load_study_toml(study))[0].run_id
+    base = plan(pin_data(load_study_toml(study), RunContext(out=str(tmp_path))))[0].run_id  # as the command plans
     out = tmp_path / "out"
     (out / "runs").mkdir(parents=True)
     (out / "runs" / base).write_text("a file where the run's folder belongs")

@@ -31,6 +31,29 @@ def study_record(study: StudyCfg, planned: list[PlannedRun]) -> dict:
     return {"funclens_version": __version__, "study": to_dict(study), "runs": [p.to_json() for p in planned]}
 
 
+def pin_data(study: StudyCfg, ctx: RunContext) -> StudyCfg:
+    """``study`` as `funclens study` plans it: its data pinned to the content of the data set it loads.
+
+    Runs are named by the content of the data they train on, so a rerun on other (repaired) files never
+    reuses runs trained on the old ones. The data are read once here: a missing or damaged file, or a model
+    that cannot take the images, is one clear error before any run starts (and the in-process backend reuses
+    the loaded set).
+
+    Args:
+        study: the study as configured.
+        ctx: where the data files are, and whether downloading is allowed.
+
+    Example:
+        >>> from funclens.config import preset_study
+        >>> pinned = pin_data(preset_study("quick"), RunContext(out="."))
+        >>> len(pinned.data.content) == 64
+        True
+    """
+    data = preload_dataset(study.data, ctx)
+    check_model_fits(study.model.arch, data)
+    return study.replace(data=identified(study.data, data))
+
+
 def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int | None = None, executor: str = "local",
               ray_address: str | None = None, wait: bool = False, report: bool = True) -> PlanResult:
     """Compute every run of ``study`` not yet DONE into ``ctx.out``, then write its report.
@@ -53,13 +76,7 @@ def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int | None = None, exec
         raise FunclensError("precision bf16 (autocast) runs on CUDA only; use --device cuda or precision fp32")
     store = Store(Path(ctx.out))
     store.ensure_writable()
-    # Read the data once here: a missing or damaged file is one clear error before any run starts,
-    # and the in-process backend reuses the loaded set.
-    data = preload_dataset(study.data, ctx)
-    # Runs are named by the content of the data they train on: a rerun on other (repaired) files
-    # never reuses runs trained on the old ones. A model that cannot take the images fails here once.
-    study = study.replace(data=identified(study.data, data))
-    check_model_fits(study.model.arch, data)
+    study = pin_data(study, ctx)
     planned = plan(study)
     specs = [p.spec for p in planned]
     jobs = jobs or (len(specs) if executor == "ray" else os.cpu_count() or 1)
