@@ -94,8 +94,9 @@ def _autocast(device: torch.device | str, precision: str) -> contextlib.Abstract
 
     Under autocast only the ops torch lists as safe in bf16 (convolutions, matmuls) take bf16 inputs,
     with fp32 accumulation; the weights stay fp32 tensors (the master copy the optimizer updates), and
-    each step rounds a bf16 copy of them. An AVX-512 BF16 CPU runs a bf16 matmul at about 2.2x the
-    fp32 rate. fp32 takes no context at all, so its arithmetic is exactly what it was before bf16 existed.
+    each step rounds a bf16 copy of them. A CPU with AVX-512 BF16 or AMX runs a bf16 matmul at several
+    times the fp32 rate (``benchmarks/bf16.py`` measures both, and LeNet's training beside them). fp32
+    takes no context at all, so its arithmetic is exactly what it was before bf16 ran on the CPU.
     """
     if precision == "bf16":
         return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
