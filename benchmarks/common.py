@@ -22,6 +22,7 @@ TARGET_TRAIN_PCT = 50.0  # LeNet training, % of the measured fp32 ceiling, avera
 TARGET_SPEEDUP = 2.5  # reduced paper-mnist end to end, baseline time / funclens time
 TARGET_ANALYSIS_S = 20.0  # 300 x 10,000 x 100: all pairwise distances + landscape, seconds
 TARGET_ANALYSIS_GIB = 4.0  # peak memory of that step, GiB
+TARGET_BF16_SPEEDUP = 1.5  # LeNet training images/s, bf16 autocast / fp32, one thread, same run
 
 
 @dataclass(frozen=True)
@@ -41,11 +42,13 @@ class Sizes:
     analysis_n: int = 10000  # test inputs
     analysis_c: int = 100  # classes
     baseline_m: int = 30  # the baseline's analysis is measured on this many and scaled by pair count
+    bf16_train: int = 6000  # training images per timed epoch of bf16.py
+    bf16_repeats: int = 4  # its interleaved (fp32, bf16) pairs
 
 
 QUICK = Sizes(matmul_n=512, matmul_tries=2, train_subset=256, test_subset=128, epochs=1, seeds=(0, 1),
               student_seeds=(2,), prune=(0.5, 0.9), repeats=1, analysis_m=24, analysis_n=500, analysis_c=100,
-              baseline_m=6)
+              baseline_m=6, bf16_train=512, bf16_repeats=2)
 
 
 def log(msg: str) -> None:

@@ -23,6 +23,8 @@ FORMAT = 1  # RESULTS.json's layout; render refuses any other
 SECTIONS = ("Targets", "1. Compute ceiling", "2. Reduced paper-mnist, end to end",
             "3. Training throughput", "4. Analysis of a CIFAR-100-sized study",
             "5. Full studies: wall time beside the FLOP limit")
+# Rendered only where the results hold its measurement (results written before bf16.py existed do not).
+BF16_SECTION = "6. bf16 training throughput"
 
 
 class ResultsError(FunclensError):
@@ -98,6 +100,11 @@ def _target_cells(t: dict[str, Any], r: dict[str, Any]) -> list[str]:
     if k == "analysis_peak_gib":
         return [f"... with peak memory < {th:g} GiB",
                 f"{v:.2f} GiB total peak RSS (input {a['input_bytes'] / GIB:.2f} GiB)"]
+    if k == "bf16_speedup":
+        b = r["bf16"]
+        return [f"LeNet training in bf16 >= {th:g}x the images/s of fp32 (one thread, same run)",
+                f"{v:.2f}x ({b['bf16']['images_per_s']:,.0f} vs {b['fp32']['images_per_s']:,.0f} images/s, medians "
+                f"of {b['repeats']}); see section 6"]
     if k == "full_study_wall_s":
         pm = r["full_studies"][0]
         what = f"full {pm['preset']} wall time beside the FLOP limit"
@@ -317,6 +324,31 @@ def fullstudy_section(r: dict[str, Any]) -> list[str]:
             "commit with the one at the top of this file.", ""]
 
 
+def bf16_section(r: dict[str, Any]) -> list[str]:
+    """LeNet training in fp32 and bf16, interleaved, beside the 1-thread matmul ceilings of both dtypes."""
+    if "bf16" not in r:
+        return []
+    b = r["bf16"]
+    c, used = b["ceiling"], b["ceiling"]["used"]
+    rows = [[p, *(f"{x:,.0f}" for x in b[p]["runs"]), f"**{b[p]['images_per_s']:,.0f}**", f"{b[p]['best']:,.0f}",
+             f"{b[p]['gflops']:.1f}", f"{b[p]['pct']:.1f}% of {used[f'{p}_1']:.1f}"] for p in ("fp32", "bf16")]
+    head = ["precision", *(f"repeat {i + 1}" for i in range(b["repeats"])), "median, images / s", "best",
+            "GFLOP/s (median)", "% of the 1-thread ceiling of its dtype"]
+    return [f"## {BF16_SECTION}", "",
+            f"funclens's training loop (`funclens.train.train`, LeNet, batch 64, SGD) on {b['train_images']:,} "
+            "MNIST-shaped images (seeded random uint8, 1x28x28, 10 classes), one epoch per precision per repeat, "
+            "fp32 first in every other repeat, one thread; each epoch's figure is its training loop alone "
+            "(`train_seconds`). bf16 is `torch.autocast(\"cpu\", dtype=torch.bfloat16)` around the forward pass; "
+            "the weights, the loss and the optimizer stay fp32. GFLOP/s count the "
+            f"{b['train_flops']:,} training FLOPs per image of section 3.", "",
+            *_table(head, rows), "",
+            f"**bf16 / fp32: {b['ratio']:.2f}x** (ratio of the medians; of the best epochs {b['best_ratio']:.2f}x; per "
+            f"interleaved pair: {', '.join(f'{x:.2f}x' for x in b['pair_ratios'])}). The 1-thread matmul ceilings "
+            f"({c['n']}x{c['n']}, best of {c['tries']}, at the start and the end) are {used['fp32_1']:.1f} GFLOP/s "
+            f"in fp32 and {used['bf16_1']:.1f} in bf16, a ratio of {c['ratio']:.2f}x: what bf16 could give if "
+            "LeNet's step were all matmul.", ""]
+
+
 def render(results: dict[str, Any]) -> str:
     """RESULTS.md's text for the content of a RESULTS.json.
 
@@ -332,7 +364,7 @@ def render(results: dict[str, Any]) -> str:
         raise ResultsError(f"results format {results.get('format')!r}, expected {FORMAT}")
     try:
         parts = (header, targets_section, ceiling_section, endtoend_section, throughput_section,
-                 analysis_section, fullstudy_section)
+                 analysis_section, fullstudy_section, bf16_section)
         return "\n".join(line for part in parts for line in part(results))
     except (KeyError, TypeError, IndexError, ValueError) as e:
         raise ResultsError(f"results file lacks or garbles a value: {type(e).__name__} {e}") from None

@@ -1,12 +1,13 @@
 """A study at the machine's limit, measured against the pipeline researchers write by hand.
 
 One process measures, in this order, so every comparison shares the same run on the same (possibly noisy)
-machine: the compute ceiling (``ceiling.py``); the reduced paper-mnist study end to end, funclens and
-``baseline.py`` interleaved (``endtoend.py``); training throughput against the ceiling; the analysis of a
-synthetic CIFAR-100-sized study in child processes (``analysis.py``); the ceiling again; the full studies'
-FLOPs beside their measured wall times (``fullstudy.py``). Every value goes to ``RESULTS.json`` with the
-command, the commit, the machine, the load and the targets; ``render.py`` then writes ``RESULTS.md`` from
-that JSON alone (``--quick``: tiny sizes, ``RESULTS-quick.json`` and ``.md``).
+machine: the compute ceiling (``ceiling.py``); LeNet training in fp32 and in bf16, interleaved, one thread
+(``bf16.py``); the reduced paper-mnist study end to end, funclens and ``baseline.py`` interleaved
+(``endtoend.py``); training throughput against the ceiling; the analysis of a synthetic CIFAR-100-sized study
+in child processes (``analysis.py``); the ceiling again; the full studies' FLOPs beside their measured wall
+times (``fullstudy.py``). Every value goes to ``RESULTS.json`` with the command, the commit, the machine, the
+load and the targets; ``render.py`` then writes ``RESULTS.md`` from that JSON alone (``--quick``: tiny sizes,
+``RESULTS-quick.json`` and ``.md``).
 
 Usage:
     make bench                                   # = .venv/bin/python benchmarks/run.py
@@ -28,14 +29,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules beside this file
 from common import (BENCH_DIR, DEFAULT_DATA_DIR, GIB, QUICK, TARGET_ANALYSIS_GIB,  # noqa: E402
-                    TARGET_ANALYSIS_S, TARGET_SPEEDUP, TARGET_TRAIN_PCT, Sizes, log)
+                    TARGET_ANALYSIS_S, TARGET_BF16_SPEEDUP, TARGET_SPEEDUP, TARGET_TRAIN_PCT, Sizes, log)
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Each target with its threshold, the measured value and whether it is met (None: nothing to meet).
 
     Args:
-        results: RESULTS.json's content so far (throughput, end_to_end, analysis, full_studies).
+        results: RESULTS.json's content so far (throughput, end_to_end, analysis, full_studies, bf16).
     """
     full = results["analysis"]["full"]
     pm = results["full_studies"][0]
@@ -44,6 +45,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             ("speedup", TARGET_SPEEDUP, results["end_to_end"]["speedup"], ">="),
             ("analysis_seconds", TARGET_ANALYSIS_S, full["times"]["total"], "<"),
             ("analysis_peak_gib", TARGET_ANALYSIS_GIB, full["peak"] / GIB, "<")]
+    if "bf16" in results:  # results written before bf16.py existed lack it
+        rows.append(("bf16_speedup", TARGET_BF16_SPEEDUP, results["bf16"]["ratio"], ">="))
     out = [{"key": k, "threshold": t, "value": v, "met": v >= t if op == ">=" else v < t}
            for k, t, v, op in rows]
     return out + [{"key": "full_study_wall_s", "threshold": None, "value": wall, "met": None}]
@@ -54,6 +57,7 @@ def measure(sz: Sizes, data_dir: Path, jobs: int) -> dict[str, Any]:
     import torch
 
     from analysis import analysis_bench
+    from bf16 import bf16_bench
     from ceiling import combine_ceilings, lenet_flops, machine_info, measure_ceiling
     from endtoend import end_to_end, throughput
     from fullstudy import full_studies
@@ -65,6 +69,8 @@ def measure(sz: Sizes, data_dir: Path, jobs: int) -> dict[str, Any]:
     log(f"ceiling at the start (GFLOP/s): {first}")
     flops = lenet_flops()
     log(f"LeNet training FLOPs per image: {flops['train']:,}")
+    bf16 = bf16_bench(sz.bf16_train, sz.bf16_repeats, sz.matmul_n, sz.matmul_tries)
+    log(f"bf16 / fp32 LeNet training throughput: {bf16['ratio']:.2f}x")
     e2e = end_to_end(sz, data_dir, jobs)
     analysis = analysis_bench(sz)
     last = measure_ceiling(sz.matmul_n, sz.matmul_tries)
@@ -74,7 +80,7 @@ def measure(sz: Sizes, data_dir: Path, jobs: int) -> dict[str, Any]:
     load["end"] = os.getloadavg()[0]
     return {"machine": info, "load": load, "sizes": dataclasses.asdict(sz), "ceiling": ceiling, "flops": flops,
             "end_to_end": e2e, "throughput": throughput(e2e["runs"], flops["train"], ceiling["used"]),
-            "analysis": analysis, "full_studies": full}
+            "analysis": analysis, "full_studies": full, "bf16": bf16}
 
 
 def main() -> None:

@@ -146,3 +146,26 @@ def test_full_studies_flops_from_the_plan_and_wall_times_from_the_records(tmp_pa
         assert r["pct_of_ceiling"] == pytest.approx(100 * r["limit_s"] / r["measured"]["wall_s"])
     # 13 trainings x 25 epochs x 60,000 images x LeNet's 15,786,240 training FLOPs per image
     assert rows[0]["parts"]["training"] == 13 * 25 * 60000 * 15786240
+
+
+def test_a_bf16_measurement_renders_as_a_target_and_section_6(quick):
+    from bf16 import bf16_bench
+
+    res = copy.deepcopy(quick)
+    res["bf16"] = b = bf16_bench(64, 2, 64, 1)  # a real measurement, at tiny sizes
+    assert all(x > 0 for p in ("fp32", "bf16") for x in b[p]["runs"]) and len(b["pair_ratios"]) == 2
+    res["targets"] = run.targets(res)
+    t = next(t for t in res["targets"] if t["key"] == "bf16_speedup")
+    assert t["value"] == b["bf16"]["images_per_s"] / b["fp32"]["images_per_s"] and t["met"] == (t["value"] >= 1.5)
+    md = render.render(res)
+    assert md.index(f"\n## {render.SECTIONS[-1]}\n") < md.index(f"\n## {render.BF16_SECTION}\n")
+    target_row = next(x for x in md.splitlines() if x.startswith("| LeNet training in bf16 >= 1.5x"))
+    assert f"{t['value']:.2f}x" in target_row and target_row.endswith("| yes |" if t["met"] else "| **no** |")
+    section = md[md.index(f"\n## {render.BF16_SECTION}\n"):]
+    assert f"**bf16 / fp32: {b['ratio']:.2f}x**" in section
+    for p in ("fp32", "bf16"):
+        row = next(x for x in section.splitlines() if x.startswith(f"| {p} |"))
+        assert all(f"{x:,.0f}" in row for x in b[p]["runs"]) and f"{b[p]['pct']:.1f}% of" in row
+    assert f"{b['ceiling']['used']['bf16_1']:.1f} in bf16" in section
+    # results measured before bf16.py existed render as they always did
+    assert render.BF16_SECTION not in render.render(quick) and "bf16_speedup" not in str(run.targets(quick))

@@ -44,7 +44,7 @@ def test_parents_come_first_and_every_compression_starts_from_the_base(quick):
 
 
 def test_every_planned_role_is_in_the_roles_table_with_distinct_letters_and_colours(quick):
-    study = dataclasses.replace(quick, prune_global=(0.5,))
+    study = dataclasses.replace(quick, prune_global=(0.5,), precision_check=True)
     assert {r.role for r in plan(study)} == set(ROLES)
     assert len({r.letter for r in ROLES.values()}) == len({r.colour for r in ROLES.values()}) == len(ROLES)
     assert [ROLES[k].method for k in ("student", "control", "quantize", "prune")] == [
@@ -57,3 +57,17 @@ def test_every_planned_role_is_in_the_roles_table_with_distinct_letters_and_colo
 def test_no_control_without_students(quick):
     study = dataclasses.replace(quick, distill=dataclasses.replace(quick.distill, alphas=()))
     assert not [r for r in plan(study) if r.role in ("student", "control")]
+
+
+def test_a_precision_check_plans_a_bf16_twin_of_every_seed_differing_in_precision_alone(quick):
+    runs = plan(dataclasses.replace(quick, precision_check=True))
+    fp32 = {r.seed: r for r in runs if r.role in ("base", "independent")}
+    twins = [r for r in runs if r.role == "precision"]
+    assert [r.setting for r in twins] == ["bf16 base"] + [f"bf16 seed={s}" for s in quick.seeds[1:]]
+    for t in twins:
+        assert t.spec.train.precision == "bf16" and not t.spec.parents
+        assert t.spec == dataclasses.replace(fp32[t.seed].spec, train=dataclasses.replace(
+            fp32[t.seed].spec.train, precision="bf16"))
+        assert t.run_id != fp32[t.seed].run_id
+    # the fp32 runs are the ones a study without the check plans
+    assert [r.run_id for r in runs if r.role != "precision"] == [r.run_id for r in plan(quick)]

@@ -117,7 +117,9 @@ class TrainCfg:
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
     weight_decay: float = field(default=0.0, metadata={"help": "L2 penalty"})
     seed: int = field(default=0, metadata={"help": "seeds initial weights (unless distilled from base-init) and data order"})
-    precision: str = field(default="fp32", metadata={"help": "fp32, or bf16 autocast (CUDA only; changes the function)"})
+    precision: str = field(default="fp32", metadata={
+        "help": "fp32, or bf16: forward passes under bf16 autocast on the CPU or CUDA (weights, loss and "
+                "optimizer stay fp32; changes the function: see a study's precision_check)"})
 
     def __post_init__(self) -> None:
         _check(_is_int(self.epochs) and 1 <= self.epochs <= MAX_EPOCHS,
@@ -341,6 +343,9 @@ class StudyCfg:
     prune: tuple[float, ...] = field(default=(0.1, 0.3, 0.5, 0.7, 0.9), metadata={"help": "per-layer L1 amounts"})
     prune_global: tuple[float, ...] = field(default=(), metadata={"help": "global L1 amounts"})
     metric: str = field(default="disagreement", metadata={"help": "distance behind RFD and verdicts"})
+    precision_check: bool = field(default=False, metadata={
+        "help": "also train a bf16 twin of the base and of each independent (same seed, same data order) "
+                "and report how far each moved from its fp32 self, against the fp32 yardstick"})
 
     def __post_init__(self) -> None:
         _check(isinstance(self.name, str) and NAME_RE.fullmatch(self.name) is not None,
@@ -363,8 +368,13 @@ class StudyCfg:
         for what, amounts in (("prune", self.prune), ("prune_global", self.prune_global)):
             _distinct(amounts, what, lambda a: f"{round(a * 100, 6):g}%")  # as plan() labels them
         _check(self.metric in ("disagreement", "js", "kl", "tv"), f"unknown metric {self.metric!r}")
+        _check(isinstance(self.precision_check, bool),
+               f"precision_check must be true or false, got {self.precision_check!r}")
+        _check(not (self.precision_check and self.train.precision == "bf16"),
+               "precision_check compares bf16 twins with fp32 runs; it needs train.precision = fp32")
         g = self.distill
-        runs = (len(self.seeds) + len(g.alphas) * len(g.seeds) + int(g.control and bool(g.alphas) and bool(g.seeds))
+        runs = (len(self.seeds) * (1 + self.precision_check) + len(g.alphas) * len(g.seeds)
+                + int(g.control and bool(g.alphas) and bool(g.seeds))
                 + len(self.quantize) + len(self.prune) + len(self.prune_global))
         _check(runs <= MAX_RUNS, f"the study has {runs} runs, over the limit of {MAX_RUNS}")
 

@@ -112,8 +112,11 @@ def _teacher_logits(store: Store, teacher_id: str, data_cfg: DataCfg, data: Data
     if key not in _TEACHER_CACHE:
         _TEACHER_CACHE.clear()  # one teacher at a time: CIFAR-100 logits take 20 MB
         teacher = _load_model(store, teacher_id, data).to(ctx.device)
-        _TEACHER_CACHE[key] = infer(teacher, data.train_x, data, device=ctx.device,
-                                    channels_last=ctx.channels_last).to(ctx.device)
+        trained = store.load_spec(teacher_id).train
+        # The teacher computes as it was trained (a bf16 teacher under autocast: the function its own
+        # predictions record); its logits come back fp32, and the student's loss is computed in fp32.
+        _TEACHER_CACHE[key] = infer(teacher, data.train_x, data, device=ctx.device, channels_last=ctx.channels_last,
+                                    precision=trained.precision if trained else "fp32").to(ctx.device)
     return _TEACHER_CACHE[key]
 
 
@@ -185,11 +188,16 @@ def _compress_run(spec: RunSpec, ctx: RunContext, store: Store, data: Dataset) -
     assert spec.parent is not None and spec.compress is not None
     model = _load_model(store, spec.parent, data)
     cmodel, info = compress(model, spec.compress)
+    # A compressed bf16-trained model computes under the autocast its parent was trained and evaluated
+    # under, so its row measures the compression alone, not also a switch of arithmetic. torch's own
+    # quantized modules (dynamic-int8, not loadable) run their int8 kernels and take fp32 activations.
+    parent = store.load_spec(spec.parent).train
+    precision = parent.precision if parent is not None and info.loadable else "fp32"
     # torch's quantized modules run on the CPU only
-    probs, m = evaluate(cmodel, data, device="cpu", channels_last=ctx.channels_last)
+    probs, m = evaluate(cmodel, data, device="cpu", channels_last=ctx.channels_last, precision=precision)
     store.save_preds(rid, 0, probs)
     store.finish(rid, state_dict=cmodel.state_dict() if info.loadable else None, packed=info.packed,
-                 metrics={**m, **info.to_json(), "device": "cpu", "precision": "fp32",
+                 metrics={**m, **info.to_json(), "device": "cpu", "precision": precision,
                           "channels_last": ctx.channels_last, "test_images": len(data.test_x)})
 
 

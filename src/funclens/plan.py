@@ -7,6 +7,8 @@ Example:
     ['base', 'independent', 'independent']
     >>> ROLES["quantize"].letter, ROLES["control"].method
     ('Q', 'distill')
+    >>> [r.setting for r in plan(preset_study("quick").replace(precision_check=True)) if r.role == "precision"]
+    ['bf16 base', 'bf16 seed=1', 'bf16 seed=2']
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ class Role:
 
 
 # The one table of roles, in the order tables and figures list them. C marks the random-control students:
-# distilled like the others, but from an independent model instead of the base.
+# distilled like the others, but from an independent model instead of the base. F marks the bf16-trained
+# twins of a study's precision check: each is compared with the fp32 model of its own seed.
 ROLES: dict[str, Role] = {r.name: r for r in (
     Role("base", "base", "B", "black", "base"),
     Role("independent", "independent", "I", "tab:blue", "independent"),
@@ -37,6 +40,7 @@ ROLES: dict[str, Role] = {r.name: r for r in (
     Role("control", "distill", "C", "tab:olive", "control student"),
     Role("quantize", "quantize", "Q", "tab:red", "quantization"),
     Role("prune", "prune", "P", "tab:purple", "pruning"),
+    Role("precision", "precision", "F", "tab:orange", "bf16-trained twin"),
 )}
 
 
@@ -97,4 +101,10 @@ def plan(study: StudyCfg) -> list[PlannedRun]:
         runs.append(PlannedRun(RunSpec("prune", study.data, study.model, parent=base.run_id,
                                        compress=PruneCfg(amount=a, scope="global")), "prune",
                                f"global {_pct(a)}"))
+    if study.precision_check:
+        # The same seed gives the same initial weights and the same data order: only the arithmetic differs.
+        for k, s in enumerate(study.seeds):
+            bf16 = RunSpec("train", study.data, study.model,
+                           dataclasses.replace(study.train, seed=s, precision="bf16"))
+            runs.append(PlannedRun(bf16, "precision", "bf16 base" if k == 0 else f"bf16 seed={s}", s))
     return runs

@@ -72,8 +72,6 @@ def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int | None = None, exec
         FunclensError: a run failed on its input (exit 2); RuntimeError: a run failed on a fault of
             funclens (exit 1). Finished runs are kept either way.
     """
-    if study.train.precision == "bf16" and ctx.device != "cuda":
-        raise FunclensError("precision bf16 (autocast) runs on CUDA only; use --device cuda or precision fp32")
     store = Store(Path(ctx.out))
     store.ensure_writable()
     study = pin_data(study, ctx)

@@ -7,6 +7,7 @@ can be recomputed from the store on any machine.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,6 +126,23 @@ def _groups(sv: StudyView) -> dict[tuple[str, str], list[RunView]]:
     return groups
 
 
+def _precision_rows(sv: StudyView, metric: str) -> list[dict]:
+    """A study's precision check: each bf16-trained twin against the fp32 model of its own seed.
+
+    The fp32 model of the twin's seed stands in for the base, and the study's other fp32 models (base and
+    independents) are its yardstick: RFD about 0 means bf16 training left the function where fp32 training
+    put it; about 1, as far as training from another seed moves it.
+    """
+    fp32 = sv.of("base") + sv.of("independent")
+    rows = []
+    for twin in sv.of("precision"):
+        own = next(r for r in fp32 if r.seed == twin.seed)
+        others = [dataclasses.replace(r, role="independent") for r in fp32 if r is not own]
+        view = dataclasses.replace(sv, runs=[dataclasses.replace(own, role="base"), *others, twin])
+        rows.append(_row(view, "precision", twin.setting, [twin], others, metric))
+    return rows
+
+
 def analyse(sv: StudyView) -> dict:
     """The ``summary.json`` of a study (DESIGN.md's contract, plus ``role``, ``tv``, ``p_closer`` and sizes).
 
@@ -136,6 +154,7 @@ def analyse(sv: StudyView) -> dict:
     ref = independent_reference(base.final, [i.final for i in indeps], metric)
     rows = [_row(sv, "independent", i.setting, [i], indeps, metric) for i in indeps]
     rows += [_row(sv, role, setting, members, indeps, metric) for (role, setting), members in _groups(sv).items()]
+    rows += _precision_rows(sv, metric)
     return json_safe({
         "funclens_version": __version__, "study": sv.study.name, "dataset": sv.study.data.dataset,
         "arch": sv.study.model.arch, "num_test": int(base.final.shape[0]), "num_classes": int(base.final.shape[1]),

@@ -58,6 +58,19 @@ def infer(model: nn.Module, x: torch.Tensor, data: Dataset, *, device: torch.dev
         model: any module mapping normalised images to logits; put in eval mode here.
         x: the images, e.g. ``data.test_x``.
         data: supplies the normalisation.
+        device: where to compute.
+        batch_size: images per forward pass; default: what suits the device.
+        precision: ``bf16`` computes under the autocast the model was trained with (see :func:`_autocast`).
+        channels_last: the channels-last memory layout (changes only float rounding).
+
+    Example:
+        >>> from funclens.data import load_dataset
+        >>> from funclens.models import create_model
+        >>> ds = load_dataset("digits")
+        >>> model = create_model("lenet", in_shape=ds.in_shape, num_classes=ds.num_classes)
+        >>> logits = infer(model, ds.test_x, ds, precision="bf16")
+        >>> tuple(logits.shape), logits.dtype
+        ((360, 10), torch.float32)
     """
     if batch_size is None:
         # On the CPU, batches past a few hundred images spill the caches: LeNet infers 2.2x faster
@@ -77,8 +90,16 @@ def infer(model: nn.Module, x: torch.Tensor, data: Dataset, *, device: torch.dev
 
 
 def _autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "bf16" and torch.device(device).type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """The context a run's forward passes compute in: bf16 autocast on the CPU or CUDA, else none.
+
+    Under autocast only the ops torch lists as safe in bf16 (convolutions, matmuls) take bf16 inputs,
+    with fp32 accumulation; the weights stay fp32 tensors (the master copy the optimizer updates), and
+    each step rounds a bf16 copy of them. A CPU with AVX-512 BF16 or AMX runs a bf16 matmul at several
+    times the fp32 rate (``benchmarks/bf16.py`` measures both, and LeNet's training beside them). fp32
+    takes no context at all, so its arithmetic is exactly what it was before bf16 ran on the CPU.
+    """
+    if precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -188,6 +209,11 @@ def _train_epoch(spec: RunSpec, data: Dataset, model: nn.Module, opt: torch.opti
             xb = xb.contiguous(memory_format=torch.channels_last)
         with _autocast(device, cfg.precision):
             logits = model(xb).float()
+        # The loss stays fp32, outside autocast: log-softmax over bf16 logits (8 bits of mantissa) would
+        # round small losses to zero late in training, and the KD term's T^2-scaled KL between two
+        # softmaxes is a difference of nearly equal numbers. The teacher's logits are fp32 too. Gradients
+        # reach the fp32 weights as fp32, so the optimizer's state (momentum, Adam's moments) and its
+        # update (lr x grad, often under a bf16 weight's rounding step) are computed in fp32.
         if dcfg is None:
             loss = F.cross_entropy(logits, yb)
         else:
@@ -207,7 +233,15 @@ def _train_epoch(spec: RunSpec, data: Dataset, model: nn.Module, opt: torch.opti
 
 def _test_epoch(model: nn.Module, data: Dataset, device: torch.device, precision: str,
                 channels_last: bool) -> tuple[np.ndarray, dict]:
-    """The test set's float16 softmax in dataset order, with the test loss and accuracy."""
+    """The test set's float16 softmax in dataset order, with the test loss and accuracy.
+
+    A bf16 run is evaluated under the autocast it trained under: its predictions are the function that
+    was trained (its weights were fitted to bf16 rounding of the activations) and that runs where bf16 is
+    deployed; evaluating it in fp32 would add a second change, a switch of number format after training,
+    which is what post-hoc quantization measures. The logits come back fp32 and the softmax is taken in
+    fp32 (bf16's 3 significant digits would flatten the small probabilities the distances read), then
+    stored as float16 like every run's.
+    """
     logits = infer(model, data.test_x, data, device=device, precision=precision, channels_last=channels_last)
     probs = torch.softmax(logits, dim=1)
     return probs.numpy().astype(np.float16), {
@@ -216,9 +250,25 @@ def _test_epoch(model: nn.Module, data: Dataset, device: torch.device, precision
 
 
 def evaluate(model: nn.Module, data: Dataset, device: torch.device | str = "cpu",
-             channels_last: bool = True) -> tuple[np.ndarray, dict]:
-    """Softmax (float16) and accuracy/loss of a finished model on the test set."""
-    logits = infer(model, data.test_x, data, device=device, channels_last=channels_last)
+             channels_last: bool = True, precision: str = "fp32") -> tuple[np.ndarray, dict]:
+    """Softmax (float16) and accuracy/loss of a finished model on the test set.
+
+    Args:
+        model: the model; put in eval mode.
+        data: the data set whose test split is evaluated.
+        device: where to compute.
+        channels_last: the channels-last memory layout (changes only float rounding).
+        precision: ``bf16`` computes under autocast, as a bf16-trained model was trained and evaluated.
+
+    Example:
+        >>> from funclens.data import load_dataset
+        >>> from funclens.models import create_model
+        >>> ds = load_dataset("digits")
+        >>> probs, m = evaluate(create_model("lenet", in_shape=ds.in_shape, num_classes=10), ds)
+        >>> probs.dtype, sorted(m)
+        (dtype('float16'), ['test_acc', 'test_loss'])
+    """
+    logits = infer(model, data.test_x, data, device=device, channels_last=channels_last, precision=precision)
     probs = torch.softmax(logits, dim=1).numpy().astype(np.float16)
     return probs, {"test_acc": float((logits.argmax(1) == data.test_y).float().mean()),
                    "test_loss": float(F.cross_entropy(logits, data.test_y))}
