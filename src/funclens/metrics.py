@@ -497,7 +497,8 @@ def classes_beyond(change: Sequence[float], reference: Sequence[Sequence[float]]
     """
     d = np.asarray(change, dtype=np.float64)
     ref = np.asarray(reference, dtype=np.float64).reshape(-1, len(d))
-    fell = [k for k in np.argsort(d, kind="stable") if d[k] < 0][:top]
+    # a fall smaller than 1e-9 is the rounding of a mean over seeds, not one input in a class
+    fell = [k for k in np.argsort(d, kind="stable") if d[k] < -1e-9][:top]
     out = []
     for k in fell:
         row = {"class": int(k), "accuracy_change": float(d[k]), "independent_min": None, "p_rank": None,
