@@ -109,7 +109,7 @@ def _diagnose_one(base: np.ndarray, model: np.ndarray, labels: np.ndarray | None
          # fewer bins than deciles only for a test set of under 10 inputs
          "flips_by_margin": metrics.by_margin(base, model, labels, bins=min(metrics.MARGIN_BINS, len(base)))}
     if labels is None:
-        return {**d, **dict.fromkeys(LABELLED_FIELDS[:-1])}
+        return {**d, **dict.fromkeys(f for f in LABELLED_FIELDS if f != "classes_hurt")}
     b, c = metrics.flips(base, model, labels)
     n = len(labels)
     return {**d, "flips_correct_to_wrong": b / n, "flips_wrong_to_correct": c / n,
