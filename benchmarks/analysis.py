@@ -64,6 +64,40 @@ def synthetic_preds(indices: list[int], m_total: int, n: int, c: int, seed: int 
     return out
 
 
+def synthetic_labels(n: int, c: int, seed: int = 0) -> np.ndarray:
+    """The true classes ``[n]`` that :func:`synthetic_preds` builds its task signal on (its first draw).
+
+    Example:
+        >>> p = synthetic_preds([7], 8, 400, 10)[0]
+        >>> bool((p.argmax(axis=1) == synthetic_labels(400, 10)).mean() > 0.5)
+        True
+    """
+    return np.random.default_rng([seed, 0]).integers(0, c, n)
+
+
+def diagnose_finals(preds: np.ndarray, m_total: int, labels: np.ndarray, independents: int = 2) -> list[dict]:
+    """A study's per-row diagnostics on the synthetic checkpoints: the last checkpoint of every trajectory is a
+    row against the first trajectory's (the base), the next ``independents`` trajectories are the yardstick.
+
+    Args:
+        preds: ``[m_total, N, C]``, every checkpoint of the study.
+        m_total: the study's checkpoints in all.
+        labels: ``[N]``, from :func:`synthetic_labels`.
+        independents: trajectories after the base that the class test compares with.
+
+    Example:
+        >>> rows = diagnose_finals(synthetic_preds(list(range(8)), 8, 50, 10), 8, synthetic_labels(50, 10))
+        >>> len(rows), sorted(rows[0])[:3]
+        (3, ['classes_hurt', 'ece', 'flips_by_margin'])
+    """
+    from funclens.summary import diagnose
+
+    epochs = max(2, min(25, m_total // 4))   # as synthetic_preds lays the trajectories out
+    finals = [preds[i] for i in range(epochs - 1, m_total, epochs)]
+    base, indeps = finals[0], finals[1:1 + independents]
+    return [diagnose(base, [m], labels, [i for i in indeps if i is not m]) for m in finals[1:]]
+
+
 def _status_bytes(key: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -102,6 +136,9 @@ def _funclens_steps(preds: np.ndarray, spec: dict) -> tuple[list, list]:
 
     steps = [("disagreement", lambda: pairwise(preds, "disagreement")),
              ("hellinger", lambda: pairwise(preds, "hellinger")), ("embed", lambda: embed(preds))]
+    if spec.get("diagnostics"):   # every row's flips, tails, calibration and classes, as a summary has them
+        labels = synthetic_labels(spec["n"], spec["c"])
+        steps.append(("diagnostics", lambda: diagnose_finals(preds, spec["m_total"], labels)))
     # the baseline's metric, for a like-for-like line; outside the step and its peak
     after = [("js", lambda: pairwise(preds, "js"))] if spec.get("js") else []
     return steps, after
@@ -162,7 +199,7 @@ def analysis_bench(sz: Sizes) -> dict[str, Any]:
     base = {"m_total": sz.analysis_m, "n": sz.analysis_n, "c": sz.analysis_c}
     stride = max(1, sz.analysis_m // sz.baseline_m)
     log(f"analysis: funclens on {sz.analysis_m} x {sz.analysis_n} x {sz.analysis_c}")
-    full = run_child({**base, "impl": "funclens", "stride": 1})
+    full = run_child({**base, "impl": "funclens", "stride": 1, "diagnostics": True})
     log(f"  {full['times']['total']:.1f} s; funclens on every {stride}th checkpoint")
     small = run_child({**base, "impl": "funclens", "stride": stride, "js": True})
     log(f"  {small['times']['total']:.1f} s; baseline (pair loop, t-SNE) on every {stride}th checkpoint")

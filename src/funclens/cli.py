@@ -147,15 +147,24 @@ def compare(
     labels: Optional[Path] = typer.Option(None, help=".npy file of test labels [N], for accuracy"),
     metric: str = typer.Option("disagreement", help="disagreement, js, kl or tv"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    fail_if: Optional[List[str]] = typer.Option(
+        None, "--fail-if", help="exit 3 when a compared model meets this condition, e.g. 'rfd_hi>0.5' or "
+                                "'flips>0.01' (rfd, rfd_hi, flips, disagreement, kl; <, <=, >, >=); repeatable"),
 ) -> None:
     """Distances and RFD between models: the first is the base, the rest are compared with it.
 
     Independent models (for RFD's denominator) are passed with an ``indep:`` prefix, e.g.
     ``funclens compare base.npy q8.npy indep:seed1.npy indep:seed2.npy``.
     """
-    from funclens.compare import compare_items, render
+    from funclens.compare import compare_items, gate, parse_condition, render
 
-    typer.echo(render(compare_items(items, labels=labels, metric=metric), as_json=as_json))
+    conditions = [parse_condition(c) for c in fail_if or []]   # before reading any file
+    result = compare_items(items, labels=labels, metric=metric)
+    tripped = gate(result, conditions)
+    typer.echo(render(result, as_json=as_json))
+    if tripped:
+        sys.stderr.write(f"funclens: fail-if: {tripped}\n")
+        raise typer.Exit(3)
 
 
 @app.command()

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import math
+import operator
+import re
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ import numpy as np
 from funclens import metrics, paths
 from funclens.errors import FunclensError, StoreError
 from funclens.plan import ROLES
-from funclens.summary import json_safe
+from funclens.summary import diagnose, json_safe
 from funclens.rfd import N_BOOT, SEED, rfd
 from funclens.store import Store
 
@@ -52,6 +54,7 @@ class Item:
     preds: np.ndarray         # [N, C] probabilities
     independent: bool = False
     meta: dict = field(default_factory=dict)   # role, setting, runs of a run folder
+    labels: np.ndarray | None = None           # the test labels a run folder stored
 
 
 # ---------------------------------------------------------------- reading
@@ -169,7 +172,7 @@ def read_run(folder: Path) -> Item:
     meta = {"runs": [rid]}
     if entry.get("role") in ROLES:
         meta.update(role=entry["role"], method=ROLES[entry["role"]].method, setting=str(entry.get("setting", "")))
-    return Item(str(folder), store.load_preds(rid), meta=meta)
+    return Item(str(folder), store.load_preds(rid), meta=meta, labels=store.load_labels(rid))
 
 
 def read_item(item: str | Path) -> Item:
@@ -217,6 +220,7 @@ def _row(base: Item, it: Item, indeps: list[Item], labels: np.ndarray | None, me
     if indeps:
         row.update(rfd(base.preds, it.preds, [i.preds for i in indeps], metric=metric, n_boot=n_boot,
                        seed=seed).to_json())
+    row.update(diagnose(base.preds, [it.preds], labels, [i.preds for i in indeps if i is not it]))
     return row
 
 
@@ -249,6 +253,7 @@ def compare(items: Sequence[Item], *, labels: np.ndarray | None = None, metric: 
               "rows": [_row(base, it, indeps, y, metric, n_boot, seed) for it in rest]}
     if y is not None:
         result["base_accuracy"] = metrics.accuracy(base.preds, y)
+        result["base_ece"] = metrics.ece(base.preds, y)
     return result
 
 
@@ -258,7 +263,8 @@ def compare_items(items: Sequence[str | Path], *, labels: str | Path | None = No
 
     Args:
         items: run folders or prediction files, the base first.
-        labels: a ``.npy`` file (or ``FILE.npz:key``) of integer test labels.
+        labels: a ``.npy`` file (or ``FILE.npz:key``) of integer test labels; by default those a base run
+            folder stored, if any.
         metric: RFD's distance.
     """
     metrics.check_metric(metric)   # before reading anything: a typo should not wait for large files
@@ -266,7 +272,7 @@ def compare_items(items: Sequence[str | Path], *, labels: str | Path | None = No
         raise CompareError(f"the first model is the base and cannot be an independent one ({items[0]}); "
                            f"put the base first without {INDEP_PREFIX}")
     read = [read_item(it) for it in items]
-    y = None
+    y = read[0].labels if read else None   # a base run folder's own labels, unless --labels names others
     if labels is not None:
         y = read_array(labels)
         if read:
@@ -355,3 +361,116 @@ def render(result: dict, *, as_json: bool = False) -> str:
     if as_json:
         return json.dumps(json_safe(result), indent=2, allow_nan=False)
     return render_text(result)
+
+
+# ---------------------------------------------------------------- the --fail-if gate
+
+class GateError(CompareError):
+    """A ``--fail-if`` condition that is malformed, or that the comparison cannot evaluate (no ``indep:``
+    models for ``rfd``, no labels for ``flips``)."""
+
+
+# what each gate field reads from a row, and what it needs
+GATE_FIELDS = {
+    "rfd": ("RFD", "indep"), "rfd_hi": ("upper end of RFD's 95% interval", "indep"),
+    "flips": ("fraction of test inputs whose correctness changed, both ways", "labels"),
+    "disagreement": ("fraction of test inputs whose top-1 class differs", ""),
+    "kl": ("mean KL(base || model), nats", ""),
+}
+_OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
+_CONDITION = re.compile(r"\s*([a-z_]+)\s*(<=|>=|<|>)\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One ``--fail-if`` condition: the gate fails when ``field op limit`` is true for a compared model."""
+
+    field: str
+    op: str
+    limit: float
+
+    def __str__(self) -> str:
+        return f"{self.field}{self.op}{self.limit:g}"
+
+    def trips(self, value: float) -> bool:
+        return bool(_OPS[self.op](value, self.limit))
+
+
+def parse_condition(text: str) -> Condition:
+    """A ``--fail-if`` condition, ``FIELD OP NUMBER`` with FIELD one of :data:`GATE_FIELDS` and OP one of
+    ``<``, ``<=``, ``>``, ``>=``.
+
+    Args:
+        text: as the user wrote it, e.g. ``"rfd_hi>0.5"``.
+
+    Raises:
+        GateError: one line naming the condition and what is wrong with it.
+
+    Example:
+        >>> parse_condition("flips > 1e-2")
+        Condition(field='flips', op='>', limit=0.01)
+    """
+    m = _CONDITION.fullmatch(text)
+    if not m:
+        raise GateError(f"--fail-if {text!r}: expected FIELD OP NUMBER, e.g. 'rfd_hi>0.5', with OP one of "
+                        f"<, <=, >, >= and FIELD one of {', '.join(GATE_FIELDS)}")
+    if m.group(1) not in GATE_FIELDS:
+        raise GateError(f"--fail-if {text!r}: unknown field {m.group(1)!r}; known: {', '.join(GATE_FIELDS)}")
+    return Condition(m.group(1), m.group(2), float(m.group(3)))
+
+
+def _gate_value(row: dict, fld: str) -> float | None:
+    if fld == "rfd_hi":
+        return (row.get("rfd_ci") or [None, None])[1]
+    if fld == "flips":
+        a, b = row.get("flips_correct_to_wrong"), row.get("flips_wrong_to_correct")
+        return None if a is None or b is None else a + b
+    if fld == "kl":
+        return (row.get("kl_base_model") or {}).get("mean")
+    return row.get(fld)
+
+
+def gate(result: dict, conditions: Sequence[Condition]) -> str | None:
+    """Check every compared model (independent ones aside) against the ``--fail-if`` conditions.
+
+    A model whose value is undefined (RFD with a yardstick of 0) trips the condition: a release gate that
+    cannot show the model is fine does not pass it.
+
+    Args:
+        result: from :func:`compare`.
+        conditions: from :func:`parse_condition`.
+
+    Returns:
+        None when no condition trips; else one line naming the first model and condition that tripped, with the
+        value (and how many other trips there were).
+
+    Raises:
+        GateError: a condition on ``rfd`` or ``rfd_hi`` without independent models, or on ``flips`` without labels.
+
+    Example:
+        >>> eye = np.eye(4)
+        >>> res = compare_predictions(eye, {"q8": eye[[0, 1, 2, 0]]}, labels=np.arange(4))
+        >>> gate(res, [parse_condition("flips>0.3")]), gate(res, [parse_condition("disagreement>=0.25")])
+        (None, 'q8: disagreement 0.25 >= 0.25 (--fail-if disagreement>=0.25)')
+    """
+    for c in conditions:
+        need = GATE_FIELDS[c.field][1]
+        if need == "indep" and not result["independents"]:
+            raise GateError(f"--fail-if {c}: {c.field} needs independent models (pass them as {INDEP_PREFIX}FILE)")
+        if need == "labels" and "base_accuracy" not in result:
+            raise GateError(f"--fail-if {c}: flips need the test labels (--labels FILE, or run folders that "
+                            "stored them)")
+    trips = []
+    for row in result["rows"]:
+        if row.get("role") == "independent":
+            continue
+        for c in conditions:
+            v = _gate_value(row, c.field)
+            if v is None or not math.isfinite(v):
+                trips.append(f"{row['model']}: {c.field} is undefined ({row.get('verdict_reason') or 'no value'})"
+                             f" (--fail-if {c})")
+            elif c.trips(v):
+                trips.append(f"{row['model']}: {c.field} {v:.4g} {c.op} {c.limit:g} (--fail-if {c})")
+    if not trips:
+        return None
+    return trips[0] + (f"; {len(trips) - 1} more condition(s) tripped" if len(trips) > 1 else "")

@@ -174,6 +174,7 @@ def _train_run(spec: RunSpec, ctx: RunContext, store: Store, data: Dataset, prog
                            resume=store.load_checkpoint(rid), on_epoch=on_epoch, on_step=on_step,
                            on_init=lambda sd: store.save_init(rid, sd), channels_last=ctx.channels_last)
     final = history[-1]
+    store.save_labels(rid, data.test_y.numpy())  # flips, per-class accuracy and ECE read them from the store
     store.finish(rid, state_dict=model.state_dict(), metrics={
         "test_acc": final["test_acc"], "test_loss": final["test_loss"], "history": history,
         "device": device.type, "precision": spec.train.precision, "channels_last": ctx.channels_last,

@@ -254,3 +254,258 @@ def accuracy_deviation(acc_m: float, acc_base: float) -> float:
     if acc_base == 0:
         return float("nan")
     return 100.0 * (acc_m - acc_base) / acc_base
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# where the function moved: flips, tails, confidence, classes
+
+# the percentiles of a per-input distribution that a tail summary reports, by key
+TAIL_PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
+# signed changes (of the true class's probability) go both ways: both tails are reported
+CHANGE_PERCENTILES = {"p1": 1.0, "p10": 10.0, "p50": 50.0, "p90": 90.0, "p99": 99.0}
+ECE_BINS = 15      # equal-width confidence bins, as in Guo et al. 2017
+MARGIN_BINS = 10   # deciles of the base's top-1 margin
+
+
+def _labels_for(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    y = np.asarray(labels)
+    if y.ndim != 1 or len(y) != len(probs) or not np.issubdtype(y.dtype, np.integer):
+        raise MetricsError(f"labels must be integers [N] with N = {len(probs)}, got {y.dtype} {y.shape}")
+    if len(y) and (y.min() < 0 or y.max() >= probs.shape[1]):
+        raise MetricsError(f"labels outside 0..{probs.shape[1] - 1}")
+    return y
+
+
+def flips(base: np.ndarray, model: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
+    """Counts of test inputs whose correctness changed: (right under the base and wrong under the model, the
+    reverse). Their sum is at most the disagreement count: a change between two wrong classes is no flip.
+
+    Args:
+        base, model: ``[N, C]`` probabilities (only the argmax is used).
+        labels: ``[N]`` integer labels.
+
+    Example:
+        >>> b = np.eye(3)[[0, 1, 2, 0, 0]]; m = np.eye(3)[[0, 2, 2, 1, 1]]
+        >>> flips(b, m, np.array([0, 1, 2, 1, 2]))   # input 1 breaks, input 3 is mended, input 4 stays wrong
+        (1, 1)
+    """
+    base, model = _pair(base, model)
+    y = _labels_for(base, labels)
+    right_b, right_m = np.argmax(base, axis=1) == y, np.argmax(model, axis=1) == y
+    return int(np.count_nonzero(right_b & ~right_m)), int(np.count_nonzero(~right_b & right_m))
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value of the discordant counts ``b`` and ``c``: the binomial test of ``b`` out of
+    ``b + c`` at probability 1/2, ``min(1, 2 P(X <= min(b, c)))``; 1 when there is no discordant pair.
+
+    The paired test for "did accuracy change": two accuracies measured on the same inputs are not independent
+    samples. Summed in exact integers, so it holds for any test-set size (the result may underflow to 0.0).
+
+    Args:
+        b, c: the two discordant counts, e.g. from :func:`flips`.
+
+    Example:
+        >>> mcnemar_exact(0, 5), mcnemar_exact(3, 3), mcnemar_exact(0, 0)
+        (0.0625, 1.0, 1.0)
+    """
+    b, c = int(b), int(c)
+    if b < 0 or c < 0:
+        raise MetricsError(f"McNemar counts must be >= 0, got {b} and {c}")
+    n, k = b + c, min(b, c)
+    if n == 0 or 2 * k >= n:
+        return 1.0
+    term = total = 1   # C(n, 0), then C(n, i) summed for i = 0..k
+    for i in range(k):
+        term = term * (n - i) // (i + 1)
+        total += term
+    return min(1.0, total / (1 << (n - 1)))   # Python's int division rounds big integers correctly
+
+
+def tail_summary(values: np.ndarray, percentiles: Mapping[str, float] = TAIL_PERCENTILES,
+                 rms: bool = False) -> dict:
+    """``mean``, the given percentiles (linear interpolation), ``max`` (``min`` too for signed percentiles
+    below 50) and, with ``rms``, the root mean square of per-input values.
+
+    Args:
+        values: ``[N]`` per-input values, e.g. :func:`per_example` with ``"kl"``.
+        percentiles: key -> percentile in [0, 100].
+        rms: add ``rms``.
+
+    Example:
+        >>> {k: round(v, 9) for k, v in tail_summary(np.arange(1001.0)).items()}
+        {'mean': 500.0, 'p50': 500.0, 'p90': 900.0, 'p99': 990.0, 'p999': 999.0, 'max': 1000.0}
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or not len(v):
+        raise MetricsError(f"a tail summary needs a non-empty [N] array, got shape {v.shape}")
+    out = {"mean": float(v.mean())}
+    if rms:
+        out["rms"] = float(np.sqrt(np.mean(v * v)))
+    qs = np.percentile(v, list(percentiles.values()))
+    if min(percentiles.values()) < 50.0:
+        out["min"] = float(v.min())
+    out.update({k: float(q) for k, q in zip(percentiles, qs)})
+    out["max"] = float(v.max())
+    return out
+
+
+def true_class_change(base: np.ndarray, model: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per input, the model's probability of the true class minus the base's, float64 ``[N]`` (negative: the
+    model is less sure of the right answer).
+
+    Args:
+        base, model: ``[N, C]`` probabilities.
+        labels: ``[N]`` integer labels.
+
+    Example:
+        >>> true_class_change(np.array([[0.9, 0.1]]), np.array([[0.6, 0.4]]), np.array([0])).round(3)
+        array([-0.3])
+    """
+    base, model = _pair(base, model)
+    y = _labels_for(base, labels)
+    idx = np.arange(len(y))
+    return model[idx, y].astype(np.float64) - base[idx, y].astype(np.float64)
+
+
+def top1_margin(probs: np.ndarray) -> np.ndarray:
+    """Top-1 minus top-2 probability of every input, float64 ``[N]``: how sure the model is of its answer.
+
+    Args:
+        probs: ``[N, C]`` probabilities, C >= 2.
+
+    Example:
+        >>> top1_margin(np.array([[0.7, 0.2, 0.1], [0.4, 0.5, 0.1]])).round(2)
+        array([0.5, 0.1])
+    """
+    p = np.asarray(probs)
+    if p.ndim != 2 or p.shape[1] < 2:
+        raise MetricsError(f"a top-1 margin needs [N, C >= 2] probabilities, got shape {p.shape}")
+    top2 = np.partition(p.astype(np.float64), p.shape[1] - 2, axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
+
+
+def by_margin(base: np.ndarray, model: np.ndarray, labels: np.ndarray | None = None,
+              bins: int = MARGIN_BINS) -> dict:
+    """Disagreement and flips within equal-count bins (deciles by default) of the base's top-1 margin.
+
+    Inputs are ranked by margin (ties in test-set order) and cut into ``bins`` groups whose sizes differ by at
+    most one, so every bin holds its share of inputs even when many margins are equal.
+
+    Args:
+        base, model: ``[N, C]`` probabilities.
+        labels: ``[N]`` integer labels; without them ``flips`` is None.
+        bins: how many bins (at most N).
+
+    Returns:
+        ``{"margin_lo", "margin_hi", "count", "disagreement", "flips"}``, lists over bins from the least sure
+        inputs to the surest: the margin range, the number of inputs, the fraction of them whose top-1 class
+        differs, and the fraction whose correctness changed (either way).
+
+    Example:
+        >>> b = np.array([[0.5, 0.5], [0.6, 0.4], [0.9, 0.1], [1.0, 0.0]]); m = np.eye(2)[[1, 1, 0, 0]]
+        >>> by_margin(b, m, bins=2)["disagreement"]     # the base's two least sure inputs changed
+        [1.0, 0.0]
+    """
+    base, model = _pair(base, model)
+    n = len(base)
+    if not 1 <= bins <= n:
+        raise MetricsError(f"need 1 <= bins <= N = {n}, got {bins}")
+    margin = top1_margin(base)
+    order = np.argsort(margin, kind="stable")
+    which = np.empty(n, dtype=np.int64)
+    which[order] = np.arange(n) * bins // n
+    differ = np.argmax(base, axis=1) != np.argmax(model, axis=1)
+    count = np.bincount(which, minlength=bins)
+    out = {"margin_lo": [float(margin[which == k].min()) for k in range(bins)],
+           "margin_hi": [float(margin[which == k].max()) for k in range(bins)],
+           "count": [int(c) for c in count],
+           "disagreement": (np.bincount(which, differ, minlength=bins) / count).tolist(), "flips": None}
+    if labels is not None:
+        y = _labels_for(base, labels)
+        flipped = (np.argmax(base, axis=1) == y) != (np.argmax(model, axis=1) == y)
+        out["flips"] = (np.bincount(which, flipped, minlength=bins) / count).tolist()
+    return out
+
+
+def ece(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Expected calibration error: over equal-width bins of top-1 confidence, ``(i/bins, (i+1)/bins]``, the
+    mean of ``|accuracy - mean confidence|`` weighted by each bin's share of inputs. A fraction in [0, 1].
+
+    Args:
+        probs: ``[N, C]`` probabilities.
+        labels: ``[N]`` integer labels.
+        bins: number of bins (15 is the usual choice).
+
+    Example:
+        >>> round(ece(np.array([[0.9, 0.1], [0.6, 0.4]]), np.array([0, 1])), 6)   # (|1 - 0.9| + |0 - 0.6|) / 2
+        0.35
+    """
+    p = np.asarray(probs)
+    y = _labels_for(p, labels)
+    conf = p.max(axis=1).astype(np.float64)
+    right = (np.argmax(p, axis=1) == y).astype(np.float64)
+    which = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
+    # (n_b / N) |acc_b - conf_b| = |sum of right_b - sum of conf_b| / N: no division by empty bins
+    gap = np.abs(np.bincount(which, right, minlength=bins) - np.bincount(which, conf, minlength=bins))
+    return float(gap.sum() / len(y))
+
+
+def per_class(base: np.ndarray, model: np.ndarray, labels: np.ndarray) -> dict:
+    """Per true class: its inputs, the base's accuracy, the model's accuracy minus the base's (a fraction, not a
+    percent), and the fraction of its inputs whose top-1 class differs. Lists of length C; a class without
+    inputs has ``nan`` rates.
+
+    Args:
+        base, model: ``[N, C]`` probabilities.
+        labels: ``[N]`` integer labels.
+
+    Example:
+        >>> b = np.eye(2)[[0, 0, 1, 1]]; m = np.eye(2)[[0, 1, 1, 1]]
+        >>> per_class(b, m, np.array([0, 0, 1, 1]))
+        {'count': [2, 2], 'base_accuracy': [1.0, 1.0], 'accuracy_change': [-0.5, 0.0], 'disagreement': [0.5, 0.0]}
+    """
+    base, model = _pair(base, model)
+    y = _labels_for(base, labels)
+    c = base.shape[1]
+    pb, pm = np.argmax(base, axis=1), np.argmax(model, axis=1)
+    count = np.bincount(y, minlength=c)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = {name: np.bincount(y, v.astype(np.float64), minlength=c) / count
+                for name, v in (("b", pb == y), ("m", pm == y), ("d", pb != pm))}
+    return {"count": count.tolist(), "base_accuracy": rate["b"].tolist(),
+            "accuracy_change": (rate["m"] - rate["b"]).tolist(), "disagreement": rate["d"].tolist()}
+
+
+def classes_beyond(change: Sequence[float], reference: Sequence[Sequence[float]], top: int = 5) -> list[dict]:
+    """The classes a model hurts most, each tested against the same class's change under independent models.
+
+    The test is a rank test per class: with K independent models, ``p_rank = (1 + #{j: ref_j <= change}) /
+    (K + 1)``, the chance that the model's change would rank this low (or lower) among K + 1 exchangeable
+    models; ``beyond_independents`` is true when the change is below every independent's (``p_rank`` at its
+    floor ``1 / (K + 1)``, so at least 3 independents are needed for p < 0.3). Without independents both are
+    None.
+
+    Args:
+        change: ``[C]`` per-class accuracy change of the model (``nan`` for a class without inputs).
+        reference: ``[K, C]`` the same for K independent models (``[]`` for none).
+        top: at most this many classes, those whose accuracy fell, the largest fall first.
+
+    Example:
+        >>> classes_beyond([-0.2, 0.0, -0.05], [[0.0, 0.1, -0.1], [-0.05, 0.0, 0.0]], top=2)
+        [{'class': 0, 'accuracy_change': -0.2, 'independent_min': -0.05, 'p_rank': 0.3333333333333333, 'beyond_independents': True}, {'class': 2, 'accuracy_change': -0.05, 'independent_min': -0.1, 'p_rank': 0.6666666666666666, 'beyond_independents': False}]
+    """
+    d = np.asarray(change, dtype=np.float64)
+    ref = np.asarray(reference, dtype=np.float64).reshape(-1, len(d))
+    # a fall smaller than 1e-9 is the rounding of a mean over seeds, not one input in a class
+    fell = [k for k in np.argsort(d, kind="stable") if d[k] < -1e-9][:top]
+    out = []
+    for k in fell:
+        row = {"class": int(k), "accuracy_change": float(d[k]), "independent_min": None, "p_rank": None,
+               "beyond_independents": None}
+        if len(ref):
+            row.update(independent_min=float(ref[:, k].min()),
+                       p_rank=float((1 + np.count_nonzero(ref[:, k] <= d[k])) / (len(ref) + 1)),
+                       beyond_independents=bool(d[k] < ref[:, k].min()))
+        out.append(row)
+    return out

@@ -45,6 +45,11 @@ def preds_file(run: Path, epoch: int) -> Path:
     return preds_dir(run) / f"ep_{epoch:03d}.npy"
 
 
+def labels_file(run: Path) -> Path:
+    """The test set's labels ``[N]`` in dataset order, as the run saw them: what flips and per-class accuracy need."""
+    return run / "labels.npy"
+
+
 def metrics_file(run: Path) -> Path:
     return run / "metrics.json"
 

@@ -247,15 +247,17 @@ _CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;
 
 def write_documents(out: Path, title: str, intro: str, acc_md: str, dist_md: str, sentences: list[str],
                     figures: list[tuple[Path, str]]) -> Path:
+    diag_md, diag_html = diagnostics_sections(json.loads(paths.summary_file(out).read_text()))
     md = [f"# {title}", "", intro, "", "## Verdicts", ""] + [f"- {s}" for s in sentences]
     md += ["", "## Accuracy deviation (%, relative to the base; the paper's Tables 1-3)", "", acc_md,
-           "## Functional distance to the base", "", dist_md, "## Figures", ""]
+           "## Functional distance to the base", "", dist_md, diag_md, "## Figures", ""]
     md += [f"![{cap}]({p.relative_to(out).as_posix()})" for p, cap in figures]
     atomic_write_text(paths.report_md(out), "\n".join(md) + "\n")
     body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro)}</p>", "<h2>Verdicts</h2><ul>"]
     body += [f"<li>{html.escape(s)}</li>" for s in sentences] + ["</ul>"]
     body += ["<h2>Accuracy deviation (%, relative to the base)</h2>", _md_table_to_html(acc_md),
-             "<h2>Functional distance to the base</h2>", _md_table_to_html(dist_md), "<h2>Figures</h2>"]
+             "<h2>Functional distance to the base</h2>", _md_table_to_html(dist_md), diag_html,
+             "<h2>Figures</h2>"]
     body += [f"<figure>{_img_tag(p, cap)}<figcaption>{html.escape(cap)}</figcaption></figure>" for p, cap in figures]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
@@ -309,3 +311,94 @@ def build_combined_report(out: Path, study_dirs: list[Path]) -> Path:
              + ", ".join(f"{s['arch']} (base {100 * s['base']['accuracy']:.2f}%)" for s in summaries) + ".")
     return write_documents(out, f"funclens report: {summaries[0]['dataset']}", intro, acc_md, dist_md,
                            sentences, figs)
+
+
+# ---------------------------------------------------------------- where the function moved, per row
+
+def _f(v: float | None, spec: str = ".4f") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def _hurt(r: dict) -> str:
+    """The classes a row hurts most, ``*`` marking a fall below every independent model's for that class."""
+    hurt = r.get("classes_hurt")
+    if not hurt:
+        return "n/a" if hurt is None else "none"
+    return ", ".join(f"{h['class']} ({100 * h['accuracy_change']:+.1f} pp{'*' if h['beyond_independents'] else ''})"
+                     for h in hurt[:3])
+
+
+def _diagnostics_md(studies: list[dict]) -> str:
+    lines = ["## Where the function moved", "",
+             "Flips: fractions of the test set whose answer went from right to wrong (c→w) or back (w→c); "
+             "McNemar: exact two-sided p on those counts; KL(base‖model) per input in nats; ECE: expected "
+             "calibration error, 15 bins; classes hurt: largest per-class accuracy falls in percentage points, "
+             "* when below every independent model's change for that class. Rows over several seeds: means.", "",
+             "| Architecture | method | setting | flips c→w | flips w→c | McNemar p | KL mean | KL p99 | KL max | "
+             "ECE | classes hurt |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for s in studies:
+        for r in s["rows"]:
+            kl = r.get("kl_base_model") or {}
+            lines.append(f"| {s['arch']} | {r['method']} | {r['setting']} | {_f(r.get('flips_correct_to_wrong'))} | "
+                         f"{_f(r.get('flips_wrong_to_correct'))} | {_f(r.get('mcnemar_p'), '.3g')} | "
+                         f"{_f(kl.get('mean'), '.3g')} | {_f(kl.get('p99'), '.3g')} | {_f(kl.get('max'), '.3g')} | "
+                         f"{_f(r.get('ece'))} | {_hurt(r)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _html_table(head: list[str], rows: list[list[str]]) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
+
+
+def _row_details(arch: str, r: dict) -> str:
+    """One row's diagnostics as a collapsible HTML section."""
+    tails = [(name, r.get(key)) for name, key in (("KL(base‖model), nats", "kl_base_model"),
+                                                 ("KL(model‖base), nats", "kl_model_base"),
+                                                 ("true class probability, model − base", "true_class_prob_change"))]
+    keys = list(dict.fromkeys(k for _, t in tails if t for k in t))
+    parts = [_html_table(["per input"] + keys, [[n] + [_f(t.get(k), ".4g") if k in t else "" for k in keys]
+                                                for n, t in tails if t])]
+    m = r.get("flips_by_margin")
+    if m:
+        parts.append("<p>By decile of the base's top-1 margin (least sure first): fraction of inputs whose top-1 "
+                     "class changed, and whose correctness changed.</p>" + _html_table(
+                         ["margin", "inputs", "disagreement", "flips"],
+                         [[f"{lo:.3f}–{hi:.3f}", str(n), _f(d), _f(fl)] for lo, hi, n, d, fl in zip(
+                             m["margin_lo"], m["margin_hi"], m["count"], m["disagreement"],
+                             m["flips"] or [None] * len(m["count"]))]))
+    pc = r.get("per_class")
+    if pc:
+        parts.append("<p>Per class (accuracy change in percentage points).</p>" + _html_table(
+            ["class", "inputs", "base accuracy", "accuracy change", "disagreement"],
+            [[str(k), f"{n:g}", _f(a), _f(None if c is None else 100 * c, "+.2f"), _f(d)] for k, (n, a, c, d)
+             in enumerate(zip(pc["count"], pc["base_accuracy"], pc["accuracy_change"], pc["disagreement"]))]))
+    head = (f"{arch} {r['method']} {r['setting']}: flips {_f(r.get('flips_correct_to_wrong'))} right→wrong, "
+            f"{_f(r.get('flips_wrong_to_correct'))} wrong→right (McNemar p {_f(r.get('mcnemar_p'), '.3g')}); "
+            f"top-1 agreement {_f(r.get('top1_agreement'))}; ECE {_f(r.get('ece'))}; classes hurt {_hurt(r)}")
+    return f"<details><summary>{html.escape(head)}</summary>{''.join(parts)}</details>"
+
+
+def diagnostics_sections(summary: dict) -> tuple[str, str]:
+    """Where each row's function moved: a compact Markdown table, and HTML with one collapsible ``<details>``
+    section per row (KL tails, true-class change, margin deciles, per-class table).
+
+    Args:
+        summary: a study's ``summary.json``, or a combined one (``{"studies": [...]}``).
+
+    Returns:
+        (Markdown, HTML).
+
+    Example:
+        >>> md, page = diagnostics_sections({"arch": "lenet", "base": {"ece": None}, "rows": [
+        ...     {"method": "prune", "setting": "50%", "flips_correct_to_wrong": 0.01}]})
+        >>> [line for line in md.splitlines() if line.startswith("| lenet")], page.count("<details>")
+        (['| lenet | prune | 50% | 0.0100 | n/a | n/a | n/a | n/a | n/a | n/a | n/a |'], 1)
+    """
+    studies = summary.get("studies", [summary])
+    eces = "; ".join(f"{s['arch']} {_f(s['base'].get('ece'))}" for s in studies)
+    body = [f"<h2>Where the function moved</h2><p>Base ECE (15 bins): {html.escape(eces)}. Each row opens to its "
+            "details; rows over several seeds hold means over them.</p>"]
+    body += [_row_details(s["arch"], r) for s in studies for r in s["rows"]]
+    return _diagnostics_md(studies) + f"\nBase ECE (15 bins): {eces}.\n", "".join(body)

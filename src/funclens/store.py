@@ -488,6 +488,10 @@ class Store:
         assert probs.dtype == np.float16 and probs.ndim == 2
         atomic_write_bytes(paths.preds_file(self.run_dir(run_id), epoch), _npy_bytes(probs))
 
+    def save_labels(self, run_id: str, labels: np.ndarray) -> None:
+        """Store the test set's ``[N]`` integer labels with a run (DONE then lists them)."""
+        atomic_write_bytes(paths.labels_file(self.run_dir(run_id)), _npy_bytes(np.asarray(labels, np.int64)))
+
     def save_checkpoint(self, run_id: str, state: dict) -> None:
         atomic_write_bytes(paths.checkpoint_file(self.run_dir(run_id)), _torch_bytes(state))
 
@@ -606,6 +610,33 @@ class Store:
             raise StoreError(f"{p}: cannot read: {e.strerror or e}") from None
         except ValueError as e:
             raise StoreError(f"{p}: not a readable .npy file ({e})") from None
+
+    def load_labels(self, run_id: str) -> np.ndarray | None:
+        """A finished run's test labels ``[N]`` int64, or None when its DONE lists none (runs of older versions).
+
+        Example:
+            >>> st = Store(Path(tempfile.mkdtemp()))
+            >>> spec = RunSpec("train", DataCfg("digits"), ModelCfg("lenet"), TrainCfg(epochs=1))
+            >>> _ = st.prepare(spec); st.save_preds(spec.run_id, 1, np.full((2, 3), 1 / 3, np.float16))
+            >>> st.save_labels(spec.run_id, np.array([2, 0]))
+            >>> st.finish(spec.run_id, state_dict=None, metrics={"test_acc": 0.5})
+            >>> st.load_labels(spec.run_id)
+            array([2, 0])
+        """
+        name = paths.labels_file(Path()).as_posix()
+        if name not in self.done_record(run_id)["files"]:
+            return None
+        p = paths.labels_file(self.run_dir(run_id))
+        try:
+            with open(os.open(p, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
+                y = np.load(f, allow_pickle=False)
+        except OSError as e:
+            raise StoreError(f"{p}: cannot read: {e.strerror or e}") from None
+        except ValueError as e:
+            raise StoreError(f"{p}: not a readable .npy file ({e})") from None
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            raise StoreError(f"{p}: not [N] integer labels ({y.dtype} {y.shape})")
+        return y
 
     def load_model_state(self, run_id: str) -> dict:
         return load_torch(paths.model_file(self.run_dir(run_id)))

@@ -42,6 +42,7 @@ class StudyView:
     out: Path
     study: StudyCfg
     runs: list[RunView]
+    labels: np.ndarray | None = None  # [N] test labels the base stored; None for runs of older versions
 
     @property
     def base(self) -> RunView:
@@ -70,7 +71,11 @@ def load_study(out: Path) -> StudyView:
                                   "conv_layers_compressed", "layers_total", "precision", "device") if k in m}
         views.append(RunView(rid, r["role"], r["setting"], r.get("seed"), float(m["test_acc"]),
                              store.load_preds(rid), store.pred_epochs(rid), info))
-    return StudyView(out, study, views)
+    base = next((v for v in views if v.role == "base"), None)
+    labels = store.load_labels(base.run) if base is not None else None
+    if labels is not None and len(labels) != len(base.final):
+        raise StoreError(f"run {base.run}: {len(labels)} labels for {len(base.final)} predictions")
+    return StudyView(out, study, views, labels)
 
 
 def json_safe(obj):
@@ -90,6 +95,78 @@ def json_safe(obj):
     if isinstance(obj, float) and not np.isfinite(obj):
         return None
     return obj
+
+
+# the fields :func:`diagnose` adds to a row that need the test labels (None without them)
+LABELLED_FIELDS = ("flips_correct_to_wrong", "flips_wrong_to_correct", "mcnemar_p", "true_class_prob_change",
+                   "ece", "per_class", "classes_hurt")
+
+
+def _diagnose_one(base: np.ndarray, model: np.ndarray, labels: np.ndarray | None) -> dict:
+    """Where one model's function moved from the base's, every field of :func:`diagnose` but ``classes_hurt``."""
+    d = {"top1_agreement": 1.0 - metrics.distance(base, model, "disagreement"),
+         "kl_base_model": metrics.tail_summary(metrics.per_example(base, model, "kl")),
+         "kl_model_base": metrics.tail_summary(metrics.per_example(model, base, "kl")),
+         # fewer bins than deciles only for a test set of under 10 inputs
+         "flips_by_margin": metrics.by_margin(base, model, labels, bins=min(metrics.MARGIN_BINS, len(base)))}
+    if labels is None:
+        return {**d, **dict.fromkeys(f for f in LABELLED_FIELDS if f != "classes_hurt")}
+    b, c = metrics.flips(base, model, labels)
+    n = len(labels)
+    return {**d, "flips_correct_to_wrong": b / n, "flips_wrong_to_correct": c / n,
+            "mcnemar_p": metrics.mcnemar_exact(b, c),
+            "true_class_prob_change": metrics.tail_summary(metrics.true_class_change(base, model, labels),
+                                                           metrics.CHANGE_PERCENTILES, rms=True),
+            "ece": metrics.ece(model, labels), "per_class": metrics.per_class(base, model, labels)}
+
+
+def _mean_over(values: list):
+    """The element-wise mean of equally shaped fields (dicts, lists, numbers); equal values are kept as they
+    are (counts, None, bin edges of a shared base)."""
+    first = values[0]
+    if all(v == first for v in values[1:]):
+        return first
+    if isinstance(first, dict):
+        return {k: _mean_over([v[k] for v in values]) for k in first}
+    if isinstance(first, list):
+        return [_mean_over(list(col)) for col in zip(*values)]
+    return float(np.mean(values))
+
+
+def diagnose(base: np.ndarray, models: list[np.ndarray], labels: np.ndarray | None = None,
+             independents: list[np.ndarray] | None = None) -> dict:
+    """Where the function moved: the fields a ``summary.json`` row gets beside its distances and RFD.
+
+    ``flips_correct_to_wrong`` and ``flips_wrong_to_correct`` (fractions of the test set), ``mcnemar_p`` (exact,
+    two-sided, on the two flip counts), ``kl_base_model`` and ``kl_model_base`` (per-input KL in nats: ``mean``,
+    ``p50``, ``p90``, ``p99``, ``p999``, ``max``), ``true_class_prob_change`` (the model's probability of the true
+    class minus the base's: ``mean``, ``rms``, ``min``, ``p1`` ... ``p99``, ``max``), ``top1_agreement``,
+    ``flips_by_margin`` (:func:`funclens.metrics.by_margin`, deciles of the base's top-1 margin), ``ece`` (the
+    model's, 15 bins), ``per_class`` (:func:`funclens.metrics.per_class`) and ``classes_hurt``
+    (:func:`funclens.metrics.classes_beyond` against the independents' per-class changes). Several models
+    (students over seeds) give the mean over them of every field, ``mcnemar_p`` included, with ``members``
+    saying how many; ``classes_hurt`` is then tested on the mean per-class change. Fields that need labels are
+    None without them.
+
+    Args:
+        base: ``[N, C]`` probabilities of the base.
+        models: the row's models, ``[N, C]`` each.
+        labels: ``[N]`` integer test labels.
+        independents: the independent models the class test compares with (not the row's own).
+
+    Example:
+        >>> eye = np.eye(2)
+        >>> d = diagnose(eye[[0, 0, 1, 1]], [eye[[0, 1, 1, 1]]], np.array([0, 0, 1, 1]))
+        >>> d["flips_correct_to_wrong"], d["mcnemar_p"], d["per_class"]["accuracy_change"], d["members"]
+        (0.25, 1.0, [-0.5, 0.0], 1)
+    """
+    out = _mean_over([_diagnose_one(base, m, labels) for m in models])
+    out["members"] = len(models)
+    out["classes_hurt"] = None
+    if labels is not None:
+        ref = [metrics.per_class(base, i, labels)["accuracy_change"] for i in independents or []]
+        out["classes_hurt"] = metrics.classes_beyond(out["per_class"]["accuracy_change"], ref)
+    return out
 
 
 def _mean_distance(base: np.ndarray, members: list[RunView], metric: str) -> float:
@@ -113,6 +190,8 @@ def _row(sv: StudyView, role: str, setting: str, members: list[RunView], indeps:
         **r.to_json(),
     }
     row.update({k: members[0].info[k] for k in _SIZE_KEYS if k in members[0].info})
+    row.update(diagnose(base.final, [m.final for m in members], sv.labels,
+                        [i.final for i in indeps if all(i is not m for m in members)]))
     return row
 
 
@@ -158,7 +237,8 @@ def analyse(sv: StudyView) -> dict:
     return json_safe({
         "funclens_version": __version__, "study": sv.study.name, "dataset": sv.study.data.dataset,
         "arch": sv.study.model.arch, "num_test": int(base.final.shape[0]), "num_classes": int(base.final.shape[1]),
-        "metric": metric, "base": {"run": base.run, "accuracy": base.accuracy},
+        "metric": metric, "base": {"run": base.run, "accuracy": base.accuracy,
+                                   "ece": None if sv.labels is None else metrics.ece(base.final, sv.labels)},
         "reference": {"independent_mean": ref["mean"], "independent_std": ref["std"], "pairs": ref["pairs"],
                       "between_independents": ref["between"]},
         "thresholds": {"preserves_below": PRESERVE_BELOW, "independent_above": INDEPENDENT_ABOVE,
