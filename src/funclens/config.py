@@ -341,6 +341,9 @@ class StudyCfg:
     prune: tuple[float, ...] = field(default=(0.1, 0.3, 0.5, 0.7, 0.9), metadata={"help": "per-layer L1 amounts"})
     prune_global: tuple[float, ...] = field(default=(), metadata={"help": "global L1 amounts"})
     metric: str = field(default="disagreement", metadata={"help": "distance behind RFD and verdicts"})
+    compress_all_seeds: bool = field(default=False, metadata={
+        "help": "apply every quantize and prune setting to every independent model too: a population of "
+                "compressed models per setting, so RFD gets a spread over seeds"})
 
     def __post_init__(self) -> None:
         _check(isinstance(self.name, str) and NAME_RE.fullmatch(self.name) is not None,
@@ -364,8 +367,12 @@ class StudyCfg:
             _distinct(amounts, what, lambda a: f"{round(a * 100, 6):g}%")  # as plan() labels them
         _check(self.metric in ("disagreement", "js", "kl", "tv"), f"unknown metric {self.metric!r}")
         g = self.distill
+        _check(isinstance(self.compress_all_seeds, bool),
+               f"compress_all_seeds must be true or false, got {self.compress_all_seeds!r}")
+        posthoc = (len(self.quantize) + len(self.prune) + len(self.prune_global)) * (
+            len(self.seeds) if self.compress_all_seeds else 1)
         runs = (len(self.seeds) + len(g.alphas) * len(g.seeds) + int(g.control and bool(g.alphas) and bool(g.seeds))
-                + len(self.quantize) + len(self.prune) + len(self.prune_global))
+                + posthoc)
         _check(runs <= MAX_RUNS, f"the study has {runs} runs, over the limit of {MAX_RUNS}")
 
     def replace(self, **changes: Any) -> "StudyCfg":
