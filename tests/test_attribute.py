@@ -124,7 +124,8 @@ def test_attribute_relative_to_the_study_independents(tmp_path):
     rec = Store(tmp_path / "s").read_study()
     base = next(r["run"] for r in rec["runs"] if r["role"] == "base")
     indep = next(r["run"] for r in rec["runs"] if r["role"] == "independent")
-    r = run_cli("attribute", str(tmp_path / "s" / "runs" / base), "--compress", "prune:0.5", "--out", str(tmp_path / "a"))
+    r = run_cli("attribute", str(tmp_path / "s" / "runs" / base), "--compress", "prune:0.5",
+                "--out", str(tmp_path / "a"))
     assert r.returncode == 0, r.stderr
     with open(tmp_path / "a" / "attribution.csv") as f:
         rows = list(csv.DictReader(f))

@@ -65,6 +65,7 @@ def test_mnist_gallery_renders_in_headless_chromium(mnist_study, tmp_path):
     assert all(done and w == 84 and h == 84 for done, w, h in images), images  # 28x28 digits at 3x
     assert "Compression-identified exemplars" in dom and "Most-flipped test inputs" in dom
     assert re.search(r"#\d+ true \d<br>base \d \(0\.\d\d\)<br>90% \d \(\d\.\d\d\)", dom)
+    assert "flipped by" in dom and "share 1.00" in dom
     assert shot.stat().st_size > 50_000
     rows = (mnist_study / "tables" / "exemplars.csv").read_text().splitlines()
     assert rows[0].startswith("setting,index,true_label") and any(r.startswith("90%,") for r in rows)

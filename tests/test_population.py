@@ -27,7 +27,8 @@ def test_plan_compresses_every_seed_with_its_own_parent():
     # without it, the plan is what it always was: the base's compressed models only
     plain = plan(study.replace(compress_all_seeds=False))
     assert [r.spec.parent for r in plain if r.role in ("quantize", "prune")] == [trained[0]] * 2
-    assert [p.run_id for p in plain] == [p.run_id for p in runs if p.seed is None or p.role not in ("quantize", "prune")]
+    kept = [p.run_id for p in runs if p.seed is None or p.role not in ("quantize", "prune")]
+    assert [p.run_id for p in plain] == kept
 
 
 def test_compress_all_seeds_counts_toward_the_run_limit():

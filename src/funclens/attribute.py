@@ -77,9 +77,9 @@ def parse_compress(text: str) -> QuantCfg | PruneCfg:
     Example:
         >>> parse_compress("prune:0.5")
         PruneCfg(amount=0.5, scope='layer')
-        >>> parse_compress("2-bit")
+        >>> parse_compress("2-bit")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        funclens.errors.ConfigError: --compress must be 8-bit, 4-bit, 16-bit, bf16 or prune:AMOUNT (prune:global:AMOUNT), got '2-bit'
+        funclens.errors.ConfigError: --compress must be 8-bit, 4-bit, 16-bit, bf16 or prune:AMOUNT ..., got '2-bit'
     """
     schemes = [s for s in QUANT_SCHEMES if s != "dynamic-int8"]  # torch's own modules: no per-layer state to swap
     if text in schemes:

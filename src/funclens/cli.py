@@ -164,7 +164,7 @@ def attribute(
     run: Path = typer.Argument(..., help="a finished training run's folder, STUDY/runs/<id>"),
     compress: str = typer.Option(..., help="8-bit, 4-bit, 16-bit, bf16, prune:AMOUNT or prune:global:AMOUNT"),
     out: Path = typer.Option(..., help="folder for attribution.csv and attribution.png"),
-    data_dir: Optional[Path] = typer.Option(None, help="canonical data files (default $FUNCLENS_DATA or ~/.cache/funclens)"),
+    data_dir: Optional[Path] = typer.Option(None, help="canonical data files (default $FUNCLENS_DATA)"),
     offline: bool = typer.Option(False, help="never download data"),
 ) -> None:
     """Which layer's compression moves the function: each layer compressed alone, and all but one, ranked."""

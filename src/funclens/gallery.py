@@ -115,20 +115,22 @@ def most_flipped(sv: StudyView) -> list[tuple[int, int, str]]:
 
 def _gallery_html(sv: StudyView, found: list[SettingExemplars], images: np.ndarray, labels: np.ndarray) -> str:
     base = sv.base.final
-    parts = ["<h3>Compression-identified exemplars</h3>"]
+    parts = []
     for s in found:
         own = population(sv, s.role, s.setting)[0][1]  # the base's compressed model
         cards = [_card(images[e.index], [f"#{e.index} true {labels[e.index]}", f"base {_label(base, e.index)}",
-                                         f"{s.setting} {_label(own.final, e.index)}", f"share {e.share:.2f}"])
+                                         f"{s.setting} {_label(own.final, e.index)}",
+                                         f"modes {e.modal_uncompressed} -> {e.modal_compressed}, share {e.share:.2f}"])
                  for e in s.found[:SHOWN_PER_SETTING]]
-        parts.append(f"<h4>{html.escape(s.setting)}: {len(s.found)} exemplars</h4>"
+        parts.append(f"<h3>{html.escape(s.setting)}: {len(s.found)} exemplars</h3>"
                      + ("".join(cards) if cards else "<p>none</p>"))
-    parts.append("<h3>Most-flipped test inputs</h3>")
+    parts.append("<h3>Most-flipped test inputs</h3><p>Inputs the most compared models label otherwise than the base; "
+                 "each shows the model least sure of the base's label.</p>")
     cards = []
     named = _compared(sv)
     for i, n, name in most_flipped(sv):
         cards.append(_card(images[i], [f"#{i} true {labels[i]}", f"base {_label(base, i)}",
-                                       f"{name} {_label(named[name].final, i)}", f"{n} models flip"]))
+                                       f"{name} {_label(named[name].final, i)}", f"flipped by {n} of {len(named)}"]))
     parts.append("".join(cards) if cards else "<p>no compared model changes any test input's label</p>")
     return "".join(parts)
 

@@ -36,7 +36,7 @@ class RunView:
     final: np.ndarray  # [N, C] float16 softmax after the last epoch (or the post-hoc model's)
     epochs: list[int] = field(default_factory=list)
     info: dict = field(default_factory=dict)
-    parent: str | None = None  # a post-hoc run's: the run it compresses
+    parent: str | None = None  # a post-hoc run's: the run it compresses (None: the base)
 
 
 @dataclass
@@ -124,7 +124,7 @@ def _groups(sv: StudyView) -> dict[tuple[str, str], list[RunView]]:
     groups: dict[tuple[str, str], list[RunView]] = {}
     for role in _COMPARED:
         for r in sv.of(role):
-            if role in _POSTHOC and r.parent != sv.base.run:
+            if role in _POSTHOC and r.parent not in (None, sv.base.run):
                 continue  # an independent model's compressed copy: in its setting's population, not its row
             # a control student's setting names its role too, so that table columns stay distinct
             groups.setdefault((role, r.setting if role != "control" else f"control {r.setting}"), []).append(r)
@@ -142,7 +142,8 @@ def population(sv: StudyView, role: str, setting: str) -> list[tuple[RunView, Ru
         setting: the setting's name, e.g. ``"8-bit"``.
     """
     by_run = {r.run: r for r in sv.runs}
-    members = [(by_run[r.parent], r) for r in sv.of(role) if r.setting == setting and r.parent in by_run]
+    members = [(by_run[r.parent or sv.base.run], r) for r in sv.of(role)
+               if r.setting == setting and (r.parent or sv.base.run) in by_run]
     return sorted(members, key=lambda pm: pm[0].role != "base")
 
 
