@@ -113,7 +113,8 @@ def test_report_renders_in_headless_chromium(quick, tmp_path):
     # Chromium writes the page's DOM after load: each image reports whether it decoded and its size.
     probe = tmp_path / "probe.html"
     page = (quick / "report.html").read_text().replace(
-        "</body>", "<script>document.title=JSON.stringify([...document.images].map(i=>[i.complete,i.naturalWidth]))"
+        "</body>", "<script>document.title=JSON.stringify([...document.querySelectorAll('img:not(.gallery-img)')]"
+                   ".map(i=>[i.complete,i.naturalWidth]))"
                    "</script></body>")
     probe.write_text(page)
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

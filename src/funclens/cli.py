@@ -3,6 +3,7 @@
     funclens study [STUDY.toml] [--preset NAME] [--dataset D] [--arch A] [--epochs N] [--out DIR]
     funclens report OUT
     funclens compare A B [C ...] [--labels FILE]
+    funclens attribute RUN --compress 8-bit|4-bit|prune:0.5 --out DIR
     funclens datasets
     funclens verify OUT
 
@@ -165,6 +166,24 @@ def compare(
     if tripped:
         sys.stderr.write(f"funclens: fail-if: {tripped}\n")
         raise typer.Exit(3)
+
+
+@app.command()
+def attribute(
+    run: Path = typer.Argument(..., help="a finished training run's folder, STUDY/runs/<id>"),
+    compress: str = typer.Option(..., help="8-bit, 4-bit, 16-bit, bf16, prune:AMOUNT or prune:global:AMOUNT"),
+    out: Path = typer.Option(..., help="folder for attribution.csv and attribution.png"),
+    data_dir: Optional[Path] = typer.Option(None, help="canonical data files (default $FUNCLENS_DATA)"),
+    offline: bool = typer.Option(False, help="never download data"),
+) -> None:
+    """Which layer's compression moves the function: each layer compressed alone, and all but one, ranked."""
+    from funclens.attribute import attribute_run, parse_compress
+
+    rows, rel = attribute_run(run, parse_compress(compress), out, data_dir=data_dir, offline=offline)
+    top = rows[0]
+    typer.echo(f"most harmful layer: {top.layer} (alone: KL {top.kl:.4g} nats, disagreement {top.disagreement:.4f}"
+               + (f", {top.kl_rel:.3g}x the independent models' KL" if rel and top.kl_rel is not None else "")
+               + f"); {paths.attribution_table(out)}")
 
 
 @app.command()

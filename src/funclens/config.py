@@ -346,6 +346,9 @@ class StudyCfg:
     precision_check: bool = field(default=False, metadata={
         "help": "also train a bf16 twin of the base and of each independent (same seed, same data order) "
                 "and report how far each moved from its fp32 self, against the fp32 yardstick"})
+    compress_all_seeds: bool = field(default=False, metadata={
+        "help": "apply every quantize and prune setting to every independent model too: a population of "
+                "compressed models per setting, so RFD gets a spread over seeds"})
 
     def __post_init__(self) -> None:
         _check(isinstance(self.name, str) and NAME_RE.fullmatch(self.name) is not None,
@@ -373,9 +376,12 @@ class StudyCfg:
         _check(not (self.precision_check and self.train.precision == "bf16"),
                "precision_check compares bf16 twins with fp32 runs; it needs train.precision = fp32")
         g = self.distill
-        runs = (len(self.seeds) * (1 + self.precision_check) + len(g.alphas) * len(g.seeds)
-                + int(g.control and bool(g.alphas) and bool(g.seeds))
-                + len(self.quantize) + len(self.prune) + len(self.prune_global))
+        _check(isinstance(self.compress_all_seeds, bool),
+               f"compress_all_seeds must be true or false, got {self.compress_all_seeds!r}")
+        posthoc = (len(self.quantize) + len(self.prune) + len(self.prune_global)) * (
+            len(self.seeds) if self.compress_all_seeds else 1)
+        runs = (len(self.seeds) * (1 + self.precision_check) + len(g.alphas) * len(g.seeds) + int(g.control and bool(g.alphas) and bool(g.seeds))
+                + posthoc)
         _check(runs <= MAX_RUNS, f"the study has {runs} runs, over the limit of {MAX_RUNS}")
 
     def replace(self, **changes: Any) -> "StudyCfg":

@@ -107,6 +107,20 @@ def landscape_table(out: Path) -> Path:
     return tables_dir(out) / "landscape.csv"
 
 
+def exemplars_table(out: Path) -> Path:
+    """Compression-identified exemplars: test inputs whose modal label a setting's compressed models changed."""
+    return tables_dir(out) / "exemplars.csv"
+
+
+def attribution_table(out: Path) -> Path:
+    """``funclens attribute``'s per-layer flips, disagreement and KL, the most harmful layer first."""
+    return Path(out) / "attribution.csv"
+
+
+def attribution_figure(out: Path) -> Path:
+    return Path(out) / "attribution.png"
+
+
 def landscape_figure(out: Path) -> Path:
     return figures_dir(out) / "landscape.png"
 

@@ -9,6 +9,9 @@ Example:
     ('Q', 'distill')
     >>> [r.setting for r in plan(preset_study("quick").replace(precision_check=True)) if r.role == "precision"]
     ['bf16 base', 'bf16 seed=1', 'bf16 seed=2']
+    >>> pop = plan(preset_study("quick").replace(quantize=("8-bit",), prune=(), compress_all_seeds=True))
+    >>> [(r.role, r.setting, r.seed) for r in pop if r.role == "quantize"]
+    [('quantize', '8-bit', None), ('quantize', '8-bit', 1), ('quantize', '8-bit', 2)]
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ class PlannedRun:
     spec: RunSpec
     role: str  # a key of ROLES
     setting: str  # reads like the paper's column heads: "alpha=0.5", "8-bit", "30%", "seed=1"
-    seed: int | None = None
+    seed: int | None = None  # a post-hoc run's: its parent's seed when the parent is an independent model
 
     @property
     def run_id(self) -> str:
@@ -91,16 +94,17 @@ def plan(study: StudyCfg) -> list[PlannedRun]:
         d = DistillCfg(teacher=indep.run_id, alpha=alpha, temperature=g.temperature, init=g.init,
                        init_run=base.run_id if g.init == "base-init" else "")
         runs.append(PlannedRun(trained(g.seeds[0], d), "control", f"alpha={alpha:g}", g.seeds[0]))
-    for scheme in study.quantize:
-        runs.append(PlannedRun(RunSpec("quant", study.data, study.model, parent=base.run_id,
-                                       compress=QuantCfg(scheme=scheme)), "quantize", scheme))
-    for a in study.prune:
-        runs.append(PlannedRun(RunSpec("prune", study.data, study.model, parent=base.run_id,
-                                       compress=PruneCfg(amount=a)), "prune", _pct(a)))
-    for a in study.prune_global:
-        runs.append(PlannedRun(RunSpec("prune", study.data, study.model, parent=base.run_id,
-                                       compress=PruneCfg(amount=a, scope="global")), "prune",
-                               f"global {_pct(a)}"))
+    # With compress_all_seeds, every post-hoc setting is applied to each independent model as well: its runs
+    # keep the setting's role and name their parent in spec.parent, with that parent's seed (None: the base's).
+    parents = [(base, None)] + ([(trained(s), s) for s in study.seeds[1:]] if study.compress_all_seeds else [])
+    posthoc: list[tuple[str, QuantCfg | PruneCfg, str, str]] = (
+        [("quant", QuantCfg(scheme=q), "quantize", q) for q in study.quantize]
+        + [("prune", PruneCfg(amount=a), "prune", _pct(a)) for a in study.prune]
+        + [("prune", PruneCfg(amount=a, scope="global"), "prune", f"global {_pct(a)}") for a in study.prune_global])
+    for kind, cfg, role, setting in posthoc:
+        for parent, seed in parents:
+            runs.append(PlannedRun(RunSpec(kind, study.data, study.model, parent=parent.run_id, compress=cfg),
+                                   role, setting, seed))
     if study.precision_check:
         # The same seed gives the same initial weights and the same data order: only the arithmetic differs.
         for k, s in enumerate(study.seeds):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from funclens import __version__, metrics, paths
+from funclens.gallery import add_gallery
 from funclens.pairwise import pairwise
 from funclens.plan import ROLES
 from funclens.rfd import INDEPENDENT_ABOVE, N_BOOT, PRESERVE_BELOW
@@ -295,6 +296,7 @@ def build_report(out: Path) -> Path:
              f"{100 * summary['base']['accuracy']:.2f}%, distance '{summary['metric']}'. funclens {__version__}.")
     html = write_documents(out, f"funclens report: {sv.study.name}", intro, acc_md, dist_md,
                            verdict_sentences(summary), _figure_list(out))
+    add_gallery(out, sv)  # tables/exemplars.csv, and the gallery at the end of report.md and report.html
     store.record_outputs()
     return html
 

@@ -21,6 +21,8 @@ from funclens.store import Store, StoreError
 
 # roles whose runs become rows compared with the base, in the order of ROLES
 _COMPARED = ("student", "control", "quantize", "prune")
+# roles of post-hoc runs: with compress_all_seeds, one per setting and per uncompressed model
+_POSTHOC = ("quantize", "prune")
 # sizes a post-hoc run's metrics.json records, copied into its row
 _SIZE_KEYS = ("weight_bytes", "fp32_bytes", "sparse_bytes", "sparsity", "conv_layers_compressed", "layers_total")
 
@@ -35,6 +37,7 @@ class RunView:
     final: np.ndarray  # [N, C] float16 softmax after the last epoch (or the post-hoc model's)
     epochs: list[int] = field(default_factory=list)
     info: dict = field(default_factory=dict)
+    parent: str | None = None  # a post-hoc run's: the run it compresses (None: the base)
 
 
 @dataclass
@@ -70,7 +73,8 @@ def load_study(out: Path) -> StudyView:
         info = {k: m[k] for k in ("weight_bytes", "fp32_bytes", "sparse_bytes", "sparsity", "layers_compressed",
                                   "conv_layers_compressed", "layers_total", "precision", "device") if k in m}
         views.append(RunView(rid, r["role"], r["setting"], r.get("seed"), float(m["test_acc"]),
-                             store.load_preds(rid), store.pred_epochs(rid), info))
+                             store.load_preds(rid), store.pred_epochs(rid), info,
+                             r["parents"][0] if r["role"] in _POSTHOC and r.get("parents") else None))
     base = next((v for v in views if v.role == "base"), None)
     labels = store.load_labels(base.run) if base is not None else None
     if labels is not None and len(labels) != len(base.final):
@@ -200,6 +204,8 @@ def _groups(sv: StudyView) -> dict[tuple[str, str], list[RunView]]:
     groups: dict[tuple[str, str], list[RunView]] = {}
     for role in _COMPARED:
         for r in sv.of(role):
+            if role in _POSTHOC and r.parent not in (None, sv.base.run):
+                continue  # an independent model's compressed copy: in its setting's population, not its row
             # a control student's setting names its role too, so that table columns stay distinct
             groups.setdefault((role, r.setting if role != "control" else f"control {r.setting}"), []).append(r)
     return groups
@@ -220,6 +226,41 @@ def _precision_rows(sv: StudyView, metric: str) -> list[dict]:
         view = dataclasses.replace(sv, runs=[dataclasses.replace(own, role="base"), *others, twin])
         rows.append(_row(view, "precision", twin.setting, [twin], others, metric))
     return rows
+def population(sv: StudyView, role: str, setting: str) -> list[tuple[RunView, RunView]]:
+    """(uncompressed parent, compressed model) of every model a post-hoc setting compressed, the base's first.
+
+    Without ``compress_all_seeds`` that is the base's compressed model alone: a population of one.
+
+    Args:
+        sv: the study.
+        role: ``"quantize"`` or ``"prune"``.
+        setting: the setting's name, e.g. ``"8-bit"``.
+    """
+    by_run = {r.run: r for r in sv.runs}
+    members = [(by_run[r.parent or sv.base.run], r) for r in sv.of(role)
+               if r.setting == setting and (r.parent or sv.base.run) in by_run]
+    return sorted(members, key=lambda pm: pm[0].role != "base")
+
+
+def population_fields(sv: StudyView, role: str, setting: str, metric: str) -> dict:
+    """A post-hoc row's spread over seeds: each compressed model's RFD against its own parent, with the other
+    uncompressed models (base and independents) as its yardstick.
+
+    Fields: ``population`` (compressed models), ``population_runs``, ``rfd_seeds`` (one RFD per compressed model,
+    the base's first, as ``rfd``), ``rfd_seed_mean``, ``rfd_seed_min`` and ``rfd_seed_max``; the spread over test
+    inputs stays ``rfd_ci``.
+    """
+    uncompressed = [sv.base, *sv.of("independent")]
+    members = population(sv, role, setting)
+    values = []
+    for parent, model in members:
+        others = [u.final for u in uncompressed if u.run != parent.run]
+        values.append(rfd(parent.final, [model.final], others, metric=metric).rfd)
+    finite = [v for v in values if np.isfinite(v)]
+    return {"population": len(members), "population_runs": [m.run for _, m in members], "rfd_seeds": values,
+            "rfd_seed_mean": float(np.mean(finite)) if finite else None,
+            "rfd_seed_min": float(np.min(finite)) if finite else None,
+            "rfd_seed_max": float(np.max(finite)) if finite else None}
 
 
 def analyse(sv: StudyView) -> dict:
@@ -234,6 +275,9 @@ def analyse(sv: StudyView) -> dict:
     rows = [_row(sv, "independent", i.setting, [i], indeps, metric) for i in indeps]
     rows += [_row(sv, role, setting, members, indeps, metric) for (role, setting), members in _groups(sv).items()]
     rows += _precision_rows(sv, metric)
+    for row in rows:
+        if row["role"] in _POSTHOC:
+            row.update(population_fields(sv, row["role"], row["setting"], metric))
     return json_safe({
         "funclens_version": __version__, "study": sv.study.name, "dataset": sv.study.data.dataset,
         "arch": sv.study.model.arch, "num_test": int(base.final.shape[0]), "num_classes": int(base.final.shape[1]),
