@@ -136,7 +136,8 @@ def _yardstick_spread(base: RunView, members: list[RunView], indeps: list[RunVie
 
 
 def caveats(row: dict, pairs: int) -> list[str]:
-    """Where a row's verdict is weak: a small yardstick, a wide interval, or RFD hiding an absolute change.
+    """Where a row's verdict is weak: a yardstick too small to settle it, a wide interval, or RFD hiding an
+    absolute change.
 
     Args:
         row: a ``summary.json`` row (``verdict``, ``rfd_ci``, ``rfd_ci_yardstick``, ``disagreement``,
@@ -145,14 +146,12 @@ def caveats(row: dict, pairs: int) -> list[str]:
 
     Example:
         >>> caveats({"verdict": "preserves", "rfd_ci": [0.2, 0.4], "rfd_ci_yardstick": [0.1, 0.6],
-        ...          "disagreement": 0.0595, "accuracy_deviation_pct": -2.31}, 2)[1:]
+        ...          "disagreement": 0.0595, "accuracy_deviation_pct": -2.31}, 2)
         ["with either independent model alone as the yardstick the interval is [0.10, 0.60], which reads 'partial'", 'yet it changes 5.95% of the test predictions and loses 2.31% accuracy: RFD is relative to how much the independent models themselves disagree']
     """
     if row["verdict"] in (YARDSTICK, "undetermined"):
         return []
     out = []
-    if pairs < 3:
-        out.append(f"the yardstick is {pairs} independent model{'s' if pairs != 1 else ''}")
     lo, hi = row["rfd_ci"]
     if hi is None or (lo is not None and hi - lo > INDEPENDENT_ABOVE - PRESERVE_BELOW):
         out.append(f"the interval is wider than the 'partial' band ({PRESERVE_BELOW}-{INDEPENDENT_ABOVE}): "
