@@ -391,7 +391,7 @@ def _set_scales(ax, rows: Sequence[Mapping[str, Any]], xmax: float) -> tuple[str
         ax.set_xscale("symlog", linthresh=2.0, linscale=2.0)
         ax.xaxis.set_major_formatter(plain)
         ax.set_xlim(-0.1, xmax * 1.3)
-        xnote = "; symlog scale: linear below 2, logarithmic above"
+        xnote = "\nsymlog scale: linear below 2, logarithmic above"
     else:
         ax.set_xlim(-0.04 * xmax, xmax * 1.03)
     devs = [float(d) for d in (row.get("accuracy_deviation_pct") for row in rows) if d is not None
@@ -399,7 +399,7 @@ def _set_scales(ax, rows: Sequence[Mapping[str, Any]], xmax: float) -> tuple[str
     if any(abs(d) > 10 for d in devs):
         ax.set_yscale("symlog", linthresh=1.0)
         ax.yaxis.set_major_formatter(plain)
-        ynote = "; symlog scale: linear within ±1, logarithmic beyond"
+        ynote = "\nsymlog scale: linear within ±1, logarithmic beyond"
     ax.margins(y=0.15)
     return xnote, ynote
 
