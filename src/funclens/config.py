@@ -477,12 +477,19 @@ def preset_study(name: str, arch: str | None = None) -> StudyCfg:
 
 
 
-def _preset_of(study: StudyCfg) -> StudyCfg | None:
-    """The preset a study was made from, recognised by its name (``quick``, ``paper-cifar10-lenet``...)."""
+def preset_of(study: StudyCfg) -> str | None:
+    """The name of the preset a study was made from, recognised by the study's name; None for a study of its own.
+
+    Args:
+        study: a study config.
+
+    Example:
+        >>> preset_of(preset_study("paper-cifar10", "resnet50")), preset_of(StudyCfg(name="mine"))
+        ('paper-cifar10', None)
+    """
     for name, archs in PRESET_ARCHS.items():
-        for arch in archs:
-            if study.name == (name if len(archs) == 1 else f"{name}-{arch}"):
-                return preset_study(name, arch)
+        if any(study.name == (name if len(archs) == 1 else f"{name}-{arch}") for arch in archs):
+            return name
     return None
 
 
@@ -510,9 +517,11 @@ def preset_changes(study: StudyCfg) -> list[str]:
         >>> preset_changes(q.replace(train=dataclasses.replace(q.train, epochs=1)))
         ['train.epochs: 12 -> 1']
     """
-    preset = _preset_of(study)
-    if preset is None:
+    name = preset_of(study)
+    if name is None:
         return []
+    # the architecture the preset's name carries (paper-cifar10-resnet50), not the study's, which may differ
+    preset = next(p for p in (preset_study(name, a) for a in PRESET_ARCHS[name]) if p.name == study.name)
     was, now = (_flat_dict(to_dict(dataclasses.replace(s, data=dataclasses.replace(s.data, content=""))))
                 for s in (preset, study))
     return [f"{k}: {_show(was.get(k))} -> {_show(now.get(k))}" for k in sorted(set(was) | set(now))

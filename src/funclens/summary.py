@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from funclens import __version__, metrics
-from funclens.config import PRESET_ARCHS, StudyCfg, from_dict, preset_changes
+from funclens.config import StudyCfg, from_dict, preset_changes, preset_of
 from funclens.plan import ROLES
 from funclens.rfd import (CI, INDEPENDENT_ABOVE, N_BOOT, PRESERVE_BELOW, SEED, independent_reference, rfd,
                           verdict)
@@ -174,8 +174,6 @@ def setup(sv: StudyView) -> dict:
     st, t, g = sv.study, sv.study.train, sv.study.distill
     commits = sorted({str(r.info.get("git_commit")) for r in sv.runs if r.info.get("git_commit")})
     versions = sorted({str(r.info["funclens_version"]) for r in sv.runs if r.info.get("funclens_version")})
-    preset = st.name if st.name in PRESET_ARCHS or any(
-        st.name == f"{n}-{a}" for n, archs in PRESET_ARCHS.items() for a in archs) else None
     return {
         "dataset": st.data.dataset, "data_content_sha256": st.data.content,
         "train_subset": st.data.train_subset, "test_subset": st.data.test_subset, "arch": st.model.arch,
@@ -185,7 +183,7 @@ def setup(sv: StudyView) -> dict:
         "distill_init": g.init, "distill_control": g.control, "quantize": list(st.quantize),
         "prune": list(st.prune), "prune_global": list(st.prune_global), "metric": st.metric,
         "funclens_versions": versions, "git_commits": commits,
-        "preset": preset, "changed_from_preset": preset_changes(st),
+        "preset": preset_of(st), "changed_from_preset": preset_changes(st),
     }
 
 
