@@ -203,7 +203,7 @@ def test_a_yardstick_that_would_change_the_verdict_and_a_wide_interval_are_named
                   _row(setting="90%", rfd=0.9, rfd_ci=[0.3, 1.9], rfd_ci_yardstick=[0.25, 2.5], verdict="partial")])
     first, wide = verdict_sentences(s)
     assert "independent model alone as the yardstick the interval is [0.15, 0.62], which reads 'partial'" in first
-    assert "wider than the 'partial' band" in wide
+    assert "reaches across 0.5 and 0.8, so the test set is too small" in wide
 
 
 def test_the_control_student_near_an_independent_model_reads_as_one():

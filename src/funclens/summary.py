@@ -8,6 +8,7 @@ can be recomputed from the store on any machine.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import math
 from pathlib import Path
 
 import numpy as np
@@ -153,9 +154,10 @@ def caveats(row: dict, pairs: int) -> list[str]:
         return []
     out = []
     lo, hi = row["rfd_ci"]
-    if hi is None or (lo is not None and hi - lo > INDEPENDENT_ABOVE - PRESERVE_BELOW):
-        out.append(f"the interval is wider than the 'partial' band ({PRESERVE_BELOW}-{INDEPENDENT_ABOVE}): "
-                   "more test inputs would narrow it")
+    crossed = [t for t in (PRESERVE_BELOW, INDEPENDENT_ABOVE) if lo is not None and lo < t < (math.inf if hi is None else hi)]
+    if crossed:
+        out.append(f"the interval reaches across {' and '.join(map(str, crossed))}, so the test set is too small "
+                   "to place it on one side")
     ylo, yhi = row.get("rfd_ci_yardstick") or (None, None)
     alt = verdict([ylo, yhi])
     if alt not in (row["verdict"], "undetermined"):
