@@ -154,7 +154,8 @@ def caveats(row: dict, pairs: int) -> list[str]:
         return []
     out = []
     lo, hi = row["rfd_ci"]
-    crossed = [t for t in (PRESERVE_BELOW, INDEPENDENT_ABOVE) if lo is not None and lo < t < (math.inf if hi is None else hi)]
+    top = math.inf if hi is None else hi
+    crossed = [t for t in (PRESERVE_BELOW, INDEPENDENT_ABOVE) if lo is not None and lo < t < top]
     if crossed:
         out.append(f"the interval reaches across {' and '.join(map(str, crossed))}, so the test set is too small "
                    "to place it on one side")
