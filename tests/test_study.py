@@ -146,7 +146,13 @@ def assert_report_reads(dom: str, images: list, shot: Path, reduced: bool) -> No
 def test_report_renders_in_headless_chromium(quick, tmp_path):
     dom, images, shot = render_in_chromium(quick / "report.html", tmp_path)
     assert_report_reads(dom, images, shot, reduced=False)
-    assert (quick / "figures" / "landscape.html").stat().st_size > 1_000_000   # plotly inline: works offline
+    # the interactive landscape draws in a browser with no network: plotly's script is inline
+    page = quick / "figures" / "landscape.html"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile2'}"]
+    drawn = subprocess.run(["/usr/bin/chromium", *flags, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+                           capture_output=True, text=True, timeout=120).stdout
+    assert 'class="main-svg"' in drawn and drawn.count('class="trace scatter') == 6   # one per role
 
 
 def test_real_mnist_study_report_renders_with_its_reduced_mark(shared_data, tmp_path):
