@@ -13,9 +13,9 @@ from conftest import SMALL_STUDY, run_cli
 from matplotlib.figure import Figure
 
 from funclens import paths
-from funclens.config import preset_study
+from funclens.config import preset_changes, preset_study
 from funclens.plan import ROLES
-from funclens.report import figures, verdict_sentences, write_tables
+from funclens.report import figures, overview_md, reduced_note, setup_md, verdict_sentences, write_tables
 from funclens.summary import RunView, StudyView, analyse, load_study
 from funclens.rfd import rfd
 from funclens.store import Store
@@ -44,8 +44,10 @@ def test_every_row_is_the_public_rfd_of_its_runs(reported):
     assert len(s["rows"]) == 6
     for row in s["rows"]:
         expected = rfd(base, [store.load_preds(run) for run in row["runs"]], indeps, metric=s["metric"]).to_json()
+        # an independent model is the yardstick itself: it gets no verdict of its own
+        want = "yardstick" if row["role"] == "independent" else expected["verdict"]
         assert (row["rfd"], row["rfd_ci"], row["p_closer"], row["verdict"]) == (
-            expected["rfd"], expected["rfd_ci"], expected["p_closer"], expected["verdict"]), row["setting"]
+            expected["rfd"], expected["rfd_ci"], expected["p_closer"], want), row["setting"]
         assert row["role"] in ROLES and row["method"] == ROLES[row["role"]].method
 
 
@@ -159,6 +161,81 @@ def test_a_one_input_test_set_gives_null_rfd_and_says_why(tmp_path):
     s = json.loads(paths.summary_file(tmp_path / "out").read_text(), parse_constant=_no_constants)
     assert s["num_test"] == 1 and s["reference"]["independent_mean"] == 0.0
     assert {r["setting"]: (r["rfd"], r["verdict"]) for r in s["rows"]} == {
-        "seed=1": (None, "undetermined"), "8-bit": (None, "undetermined"), "90%": (None, "undetermined")}
+        "seed=1": (None, "yardstick"), "8-bit": (None, "undetermined"), "90%": (None, "undetermined")}
     assert "cannot be decided: the independent models agree with the base" in paths.report_md(
         tmp_path / "out").read_text()
+
+
+def _row(**kw) -> dict:
+    row = {"method": "prune", "role": "prune", "setting": "50%", "runs": ["prune_x"], "accuracy": 0.95,
+           "accuracy_deviation_pct": -2.31, "accuracy_deviation_std": None, "disagreement": 0.0595, "js": 0.01,
+           "tv": 0.03, "rfd": 0.30, "rfd_ci": [0.22, 0.41], "rfd_ci_yardstick": [0.20, 0.45],
+           "p_closer": 1 / 1001, "verdict": "preserves"}
+    return {**row, **kw}
+
+
+def _summary(rows: list[dict], pairs: int = 2) -> dict:
+    from funclens.summary import caveats
+
+    for r in rows:
+        r["caveats"] = caveats(r, pairs)
+    return {"metric": "disagreement", "num_test": 500, "rows": rows,
+            "reference": {"pairs": pairs, "independent_mean": 0.2, "independent_std": 0.01},
+            "thresholds": {"bootstrap": 1000, "preserves_below": 0.5, "independent_above": 0.8}}
+
+
+def test_a_preserving_verdict_that_flips_many_predictions_says_so():
+    """50% pruning that flips 5.95% of predictions and loses 2.31% must not read as a plain 'preserves'."""
+    s = _summary([_row(), _row(setting="16-bit", method="quantize", role="quantize", disagreement=0.001,
+                                 accuracy_deviation_pct=0.0, rfd=0.01, rfd_ci=[0.0, 0.02],
+                                 rfd_ci_yardstick=[0.0, 0.03])])
+    prune, quant = verdict_sentences(s)
+    assert "5.95% of the test predictions and loses 2.31% accuracy" in prune
+    assert "Rests on 500 test inputs and a yardstick of 2 independent models" in prune
+    assert "p < 0.001" in prune and "p = 0.001" not in prune
+    assert "Weak where" not in quant and "preserves the base function" in quant
+    assert "preserves *" in overview_md(s) and "| 16-bit | 🟢 preserves |" in overview_md(s)
+
+
+def test_a_yardstick_that_would_change_the_verdict_and_a_wide_interval_are_named():
+    s = _summary([_row(disagreement=0.001, accuracy_deviation_pct=0.0, rfd=0.3, rfd_ci=[0.2, 0.45],
+                       rfd_ci_yardstick=[0.15, 0.62]),
+                  _row(setting="90%", rfd=0.9, rfd_ci=[0.3, 1.9], rfd_ci_yardstick=[0.25, 2.5], verdict="partial")])
+    first, wide = verdict_sentences(s)
+    assert "independent model alone as the yardstick the interval is [0.15, 0.62], which reads 'partial'" in first
+    assert "reaches across 0.5 and 0.8, so the test set is too small" in wide
+
+
+def test_the_control_student_near_an_independent_model_reads_as_one():
+    s = _summary([_row(role="control", method="distill", setting="control alpha=0.5", rfd=1.0,
+                       rfd_ci=[0.7, 1.3], rfd_ci_yardstick=[0.6, 1.5], verdict="partial", disagreement=0.2,
+                       accuracy_deviation_pct=0.1)])
+    (sentence,) = verdict_sentences(s)
+    assert "as far from the base as an independent model" in sentence and "part of the way" not in sentence
+
+
+def test_the_reduced_mark_comes_from_the_study_config_alone():
+    quick = preset_study("quick")
+    assert preset_changes(quick) == [] and preset_changes(quick.replace(name="mine", seeds=(0, 5))) == []
+    reduced = quick.replace(data=quick.data.__class__("digits", train_subset=300), seeds=(0, 1))
+    assert preset_changes(reduced) == ["data.train_subset: 0 -> 300", "seeds: [0, 1, 2] -> [0, 1]"]
+    note = reduced_note({"setup": {"preset": "quick", "changed_from_preset": preset_changes(reduced)}})
+    assert note.startswith("REDUCED: this study changes the preset 'quick' (data.train_subset: 0 -> 300")
+    assert reduced_note({"setup": {"preset": "quick", "changed_from_preset": []}}) == ""
+
+
+def test_the_setup_block_holds_what_went_into_the_run_ids(reported):
+    s = json.loads(paths.summary_file(reported).read_text())
+    block = setup_md(s)
+    for needle in ("| epochs | 3 |", "| learning rate | 0.02 |", "| optimizer | sgd |", "| momentum | 0.9 |",
+                   "| seeds | 0, 1, 2 |", "| distillation T | 3.0 |", "| quantize | 16-bit, 8-bit |",
+                   f"| data content (sha256) | {s['setup']['data_content_sha256']} |",
+                   "| preset | none: a study of its own |"):
+        assert needle in block, needle
+    assert len(s["setup"]["data_content_sha256"]) == 64 and len(s["setup"]["git_commits"]) == 1
+    md = paths.report_md(reported).read_text()
+    assert md.index("## Summary") < md.index("## Setup") < md.index("## Yardstick") < md.index("## Verdicts")
+    assert "REDUCED" not in md
+    sizes = next(line for line in md.splitlines() if "| quantize | 8-bit |" in line and "lenet" in line)
+    q8 = next(r for r in s["rows"] if r["setting"] == "8-bit")
+    assert f"{q8['weight_bytes']:,}" in sizes and f"{q8['fp32_bytes'] // 4:,}" in sizes

@@ -50,7 +50,8 @@ def test_summary_has_a_row_per_setting_and_independent_with_every_field(quick):
         assert SUMMARY_FIELDS <= set(r), r
         assert all(r[k] is not None for k in SUMMARY_FIELDS - {"accuracy_deviation_std"}), r
         lo, hi = r["rfd_ci"]
-        assert lo <= r["rfd"] <= hi and r["verdict"] in ("preserves", "partial", "independent-like")
+        assert lo <= r["rfd"] <= hi and r["verdict"] in (
+            ("yardstick",) if r["method"] == "independent" else ("preserves", "partial", "independent-like"))
     students = [r for r in s["rows"] if r["setting"] == "alpha=0.5"][0]
     assert len(students["runs"]) == 3 and students["accuracy_deviation_std"] is not None
     assert s["reference"]["pairs"] == 2 and s["reference"]["independent_mean"] > 0
@@ -107,14 +108,14 @@ def test_compare_refuses_bad_arrays_naming_the_file(tmp_path):
         assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-def test_report_renders_in_headless_chromium(quick, tmp_path):
+def render_in_chromium(report: Path, tmp_path: Path) -> tuple[str, list, Path]:
+    """(DOM after load, [decoded?, natural width] of every image, screenshot) of a report in headless Chromium."""
     chromium = next((c for c in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(c).exists()), None)
     assert chromium, "chromium is part of the test setup (.ci/run installs it)"
     # Chromium writes the page's DOM after load: each image reports whether it decoded and its size.
-    probe = tmp_path / "probe.html"
-    page = (quick / "report.html").read_text().replace(
-        "</body>", "<script>document.title=JSON.stringify([...document.querySelectorAll('img:not(.gallery-img)')]"
-                   ".map(i=>[i.complete,i.naturalWidth]))"
+    probe = report.parent / "probe.html"
+    page = report.read_text().replace(
+        "</body>", "<script>document.title=JSON.stringify([...document.querySelectorAll('img:not(.gallery-img)')].map(i=>[i.complete,i.naturalWidth]))"
                    "</script></body>")
     probe.write_text(page)
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -125,10 +126,46 @@ def test_report_renders_in_headless_chromium(quick, tmp_path):
     shot = tmp_path / "report.png"
     subprocess.run([chromium, *flags, "--window-size=1200,2400", f"--screenshot={shot}", probe.as_uri()],
                    capture_output=True, timeout=120)
+    probe.unlink()
     title = re.search(r"<title>(.*?)</title>", dom, re.S).group(1)
-    images = json.loads(title.replace("&quot;", '"'))
+    return dom, json.loads(title.replace("&quot;", '"')), shot
+
+
+def assert_report_reads(dom: str, images: list, shot: Path, reduced: bool) -> None:
+    """The summary block with a badge per setting, the setup block, every figure decoded, the reduced mark iff
+    the study changed its preset."""
     assert len(images) == 3 and all(done and width > 200 for done, width in images), images
     assert shot.stat().st_size > 20_000  # a rendered page with figures, not a blank one
+    summary = re.search(r"<table id=\"summary\">(.*?)</table>", dom, re.S).group(1)
+    assert summary.count("class=\"badge\"") >= 3 and "RFD [95% CI]" in summary
+    assert dom.index("Summary: which compressions") < dom.index("<h2>Setup</h2>") < dom.index("<h2>Verdicts</h2>")
+    assert "<td>learning rate</td>" in dom and "<td>git commit of the runs</td>" in dom
+    assert ("class=\"reduced\"" in dom) == reduced and ("(REDUCED)" in dom) == reduced
+
+
+def test_report_renders_in_headless_chromium(quick, tmp_path):
+    dom, images, shot = render_in_chromium(quick / "report.html", tmp_path)
+    assert_report_reads(dom, images, shot, reduced=False)
+    # the interactive landscape draws in a browser with no network: plotly's script is inline
+    page = quick / "figures" / "landscape.html"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile2'}"]
+    drawn = subprocess.run(["/usr/bin/chromium", *flags, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+                           capture_output=True, text=True, timeout=120).stdout
+    assert 'class="main-svg"' in drawn and drawn.count('class="trace scatter') == 6   # one per role
+
+
+def test_real_mnist_study_report_renders_with_its_reduced_mark(shared_data, tmp_path):
+    out = tmp_path / "mnist"
+    r = run_cli("study", "--preset", "paper-mnist", "--train-subset", "2000", "--test-subset", "500", "--epochs",
+                "1", "--data-dir", str(shared_data), "--offline", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    dom, images, shot = render_in_chromium(out / "report.html", tmp_path)
+    assert_report_reads(dom, images, shot, reduced=True)
+    for change in ("train.epochs: 25 -&gt; 1", "data.train_subset: 0 -&gt; 2000", "data.test_subset: 0 -&gt; 500"):
+        assert change in dom, change
+    s = json.loads((out / "summary.json").read_text())
+    assert s["setup"]["preset"] == "paper-mnist" and s["num_test"] == 500
 
 
 def test_real_fashion_mnist_study_quantized_nearer_the_base_than_independents(tmp_path):

@@ -30,7 +30,7 @@ import numpy as np
 from funclens import metrics, paths
 from funclens.errors import FunclensError, StoreError
 from funclens.plan import ROLES
-from funclens.summary import diagnose, json_safe
+from funclens.summary import YARDSTICK, diagnose, json_safe
 from funclens.rfd import N_BOOT, SEED, rfd
 from funclens.store import Store
 
@@ -220,6 +220,8 @@ def _row(base: Item, it: Item, indeps: list[Item], labels: np.ndarray | None, me
     if indeps:
         row.update(rfd(base.preds, it.preds, [i.preds for i in indeps], metric=metric, n_boot=n_boot,
                        seed=seed).to_json())
+        if it.independent:   # as in a study's summary: the yardstick gets no verdict of its own
+            row["verdict"] = YARDSTICK
     row.update(diagnose(base.preds, [it.preds], labels, [i.preds for i in indeps if i is not it]))
     return row
 

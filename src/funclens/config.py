@@ -492,6 +492,61 @@ def preset_study(name: str, arch: str | None = None) -> StudyCfg:
                     model=ModelCfg(arch), train=TrainCfg())
 
 
+
+def preset_of(study: StudyCfg) -> str | None:
+    """The name of the preset a study was made from, recognised by the study's name; None for a study of its own.
+
+    Args:
+        study: a study config.
+
+    Example:
+        >>> preset_of(preset_study("paper-cifar10", "resnet50")), preset_of(StudyCfg(name="mine"))
+        ('paper-cifar10', None)
+    """
+    for name, archs in PRESET_ARCHS.items():
+        if any(study.name == (name if len(archs) == 1 else f"{name}-{arch}") for arch in archs):
+            return name
+    return None
+
+
+def _flat_dict(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> ``{"train.epochs": 12, ...}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat_dict(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def preset_changes(study: StudyCfg) -> list[str]:
+    """What a study changed in the preset it is named after, one ``"field: preset -> study"`` per field.
+
+    A study named after no preset has nothing to compare with: empty. The data's content hash is not a
+    change (a study fills it in), so an unchanged preset gives ``[]`` whether or not the data was loaded.
+
+    Args:
+        study: the study's config, e.g. as recorded in its ``study.json``.
+
+    Example:
+        >>> preset_changes(preset_study("quick"))
+        []
+        >>> q = preset_study("quick")
+        >>> preset_changes(q.replace(train=dataclasses.replace(q.train, epochs=1)))
+        ['train.epochs: 12 -> 1']
+    """
+    name = preset_of(study)
+    if name is None:
+        return []
+    # the architecture the preset's name carries (paper-cifar10-resnet50), not the study's, which may differ
+    preset = next(p for p in (preset_study(name, a) for a in PRESET_ARCHS[name]) if p.name == study.name)
+    was, now = (_flat_dict(to_dict(dataclasses.replace(s, data=dataclasses.replace(s.data, content=""))))
+                for s in (preset, study))
+    return [f"{k}: {_show(was.get(k))} -> {_show(now.get(k))}" for k in sorted(set(was) | set(now))
+            if was.get(k) != now.get(k)]
+
+
+def _show(v: Any) -> str:
+    return "[" + ", ".join(str(x) for x in v) + "]" if isinstance(v, (list, tuple)) else str(v)
+
 PRESET_ARCHS: dict[str, tuple[str, ...]] = {
     "quick": ("lenet",),
     "fashion": ("lenet",),

@@ -21,10 +21,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import matplotlib.patheffects as pe
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
+from matplotlib.text import Text
 from matplotlib.ticker import FuncFormatter
+from matplotlib.transforms import Bbox
 
 from funclens.config import FunclensError
 from funclens.metrics import METRIC_UNITS
@@ -35,6 +38,17 @@ from funclens.rfd import INDEPENDENT_ABOVE, PRESERVE_BELOW
 # rows without a role (the Python API's) take the colour of the first role with their method
 _ROLE_OF_METHOD = {r.method: r for r in reversed(ROLES.values())}
 _ROLE_ORDER = {name: k for k, name in enumerate(ROLES)}
+
+
+# gid of every text label placed by _place_labels: tests find them by it
+LABEL_GID = "funclens-label"
+# Where a label may go around its point: rings of offsets (points) tried nearest first, 16 directions each.
+_RINGS = (7, 12, 18, 26, 36, 50, 68, 90, 120)
+_ANGLES = np.deg2rad(np.arange(16) * 22.5 + 45.0)
+# verdict -> colour of a point in the accuracy figure
+VERDICT_COLOURS = {"preserves": "tab:green", "partial": "tab:orange", "independent-like": "tab:red",
+                   "undetermined": "0.5", "yardstick": "tab:blue"}
+_MARKERS = {"independent": "*", "student": "o", "control": "D", "quantize": "s", "prune": "^"}
 
 
 class LandscapeError(FunclensError):
@@ -121,6 +135,79 @@ def _role(point: Mapping[str, Any]) -> tuple[str, str, str]:
     return point.get("letter") or role.letter, role.colour, role.legend
 
 
+def _renderer(fig: Figure):
+    """Draw ``fig`` once with Agg, settling its layout, then freeze the layout so that what is placed after
+    stays where it was measured."""
+    if not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)
+    fig.canvas.draw()
+    fig.set_layout_engine("none")
+    return fig.canvas.get_renderer()
+
+
+def text_box(t: Text, renderer) -> Bbox:
+    """The display-space box of a text or an annotation's text alone (an annotation's own extent includes its
+    arrow), with the annotation's position brought up to date first.
+
+    Args:
+        t: a ``matplotlib.text.Text`` or ``Annotation`` on a drawn figure.
+        renderer: the figure canvas's renderer.
+
+    Example:
+        >>> fig = Figure(); ax = fig.add_subplot(); r = _renderer(fig)
+        >>> bool(text_box(ax.annotate("x", (0.5, 0.5)), r).width > 0)
+        True
+    """
+    if hasattr(t, "update_positions"):
+        t.update_positions(renderer)
+    return Text.get_window_extent(t, renderer)
+
+
+def _place_labels(fig: Figure, ax, items: Sequence[tuple[float, float, str, str]],
+                  obstacles: Sequence[Any] = ()) -> None:
+    """Put each ``(x, y, text, colour)`` label near its point where it overlaps no other label or obstacle and
+    stays inside the axes (``obstacles``: other artists to keep clear of): rings of candidate offsets, nearest first (a greedy repel). A label placed far from
+    its point gets a thin leader line. A label that finds no free place anywhere is drawn at its nearest place
+    inside the axes, so no text is lost; with ``_RINGS`` up to 120 points this needs dozens of labels crowded
+    into one spot.
+    """
+    r = _renderer(fig)
+    ax.set_autoscale_on(False)   # leader lines must not move the limits the labels were measured in
+    inner = ax.get_window_extent(r).padded(-2)
+    anchors = ax.transData.transform([(x, y) for x, y, _, _ in items]) if items else np.zeros((0, 2))
+    taken = [*(o.get_window_extent(r) for o in obstacles), *(Bbox.from_bounds(ax_ - 3, ay - 3, 6, 6) for ax_, ay in anchors)]
+    scale = fig.dpi / 72.0
+    for (x, y, text, colour), (px, py) in zip(items, anchors):
+        t = ax.annotate(text, (x, y), xytext=(0, 0), textcoords="offset points", fontsize=7, color=colour,
+                        va="center", ha="left", zorder=5, gid=LABEL_GID)
+        first_inside = None
+        for ring in _RINGS:
+            for a in _ANGLES:
+                dx, dy = ring * np.cos(a), ring * np.sin(a)
+                t.set_ha("left" if dx > 1 else "right" if dx < -1 else "center")
+                t.xyann = (dx, dy)
+                bb = text_box(t, r)
+                if not inner.contains(bb.x0, bb.y0) or not inner.contains(bb.x1, bb.y1):
+                    continue
+                first_inside = first_inside or (dx, dy, t.get_ha())
+                if not any(bb.overlaps(o) for o in taken):
+                    break
+            else:
+                continue
+            break
+        else:
+            if first_inside:
+                dx, dy, ha = first_inside
+                t.set_ha(ha)
+                t.xyann = (dx, dy)
+        bb = text_box(t, r)
+        taken.append(bb.padded(1))
+        if np.hypot(*t.xyann) * scale > 14:
+            cx, cy = np.clip(px, bb.x0, bb.x1), np.clip(py, bb.y0, bb.y1)
+            (cx, cy), = ax.transData.inverted().transform([(cx, cy)])
+            ax.plot([x, cx], [y, cy], color=colour, lw=0.5, alpha=0.6, zorder=4)
+
+
 def plot_landscape(coords: np.ndarray, points: Sequence[Mapping[str, Any]], *, title: str) -> Figure:
     """The functional landscape figure: trajectories as thin lines with dots, final checkpoints as big letters.
 
@@ -144,27 +231,31 @@ def plot_landscape(coords: np.ndarray, points: Sequence[Mapping[str, Any]], *, t
     coords = np.asarray(coords, dtype=np.float64)
     if coords.ndim != 2 or coords.shape[1] != 2 or len(coords) != len(points):
         raise LandscapeError(f"need coords [M, 2] and M point descriptions, got {coords.shape} and {len(points)}")
-    fig = Figure(figsize=(7.5, 6.5), layout="constrained")
+    fig = Figure(figsize=(8.5, 6.5), layout="constrained")
     ax = fig.add_subplot()
     groups: dict[Any, list[int]] = {}
     for i, pt in enumerate(points):
         key = pt.get("trajectory")
         groups.setdefault(("traj", key) if key is not None else ("single", i), []).append(i)
     seen: dict[str, tuple[str, str, str]] = {}
+    labels, letters = [], []
     for idx in groups.values():
         idx = sorted(idx, key=lambda i: (points[i].get("epoch") or 0, i))
         letter, colour, text = _role(points[idx[-1]])
-        seen.setdefault(points[idx[-1]].get("role", "other"), (letter, colour, text))
+        role = points[idx[-1]].get("role", "other")
+        seen.setdefault(role, (letter, colour, text))
         xy = coords[idx]
         if len(idx) > 1:
             ax.plot(xy[:, 0], xy[:, 1], "-", color=colour, lw=0.7, alpha=0.55, zorder=1)
             ax.scatter(xy[:-1, 0], xy[:-1, 1], s=5, color=colour, alpha=0.6, zorder=2, linewidths=0)
         x, y = xy[-1]
-        ax.text(x, y, letter, color=colour, fontsize=15, fontweight="bold", ha="center", va="center", zorder=4)
-        label = points[idx[-1]].get("label")
-        if label:
-            ax.annotate(str(label), (x, y), xytext=(7, 6), textcoords="offset points", fontsize=7, color=colour,
-                        zorder=5)
+        # the base is what every other model is measured against: drawn last, on top, with a white halo
+        on_top = role == "base"
+        letters.append(ax.text(x, y, letter, color=colour, fontsize=17 if on_top else 15, fontweight="bold", ha="center",
+                va="center", zorder=7 if on_top else 4,
+                path_effects=[pe.withStroke(linewidth=3, foreground="white")] if on_top else None))
+        if points[idx[-1]].get("label"):
+            labels.append((x, y, str(points[idx[-1]]["label"]), colour))
     # text does not enter the data limits; register every point so letters are never cut off
     ax.update_datalim(coords)
     ax.margins(0.08)
@@ -172,13 +263,67 @@ def plot_landscape(coords: np.ndarray, points: Sequence[Mapping[str, Any]], *, t
     handles = [Line2D([], [], color=c, lw=0.7, marker=f"${ltr}$", markersize=9, label=f"{ltr}  {txt}")
                for ltr, c, txt in seen.values()]
     if handles:
-        ax.legend(handles=handles, loc="best", fontsize=8, framealpha=0.85)
+        # outside the axes, so that no label has to avoid it
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, framealpha=0.85)
     ax.set_title(title)
     ax.set_xlabel("t-SNE 1")
     ax.set_ylabel("t-SNE 2")
     ax.set_xticks([])
     ax.set_yticks([])
+    _place_labels(fig, ax, labels, letters)
     return fig
+
+
+def landscape_html(coords: np.ndarray, points: Sequence[Mapping[str, Any]], *, title: str) -> str:
+    """The functional landscape as one self-contained interactive HTML page (plotly, its script inlined, so it
+    works offline): hovering a point names its run, epoch, label and test accuracy.
+
+    Args:
+        coords: ``[M, 2]`` from :func:`embed`.
+        points: M dicts as for :func:`plot_landscape`, optionally with ``accuracy`` (a fraction) for the hover.
+        title: the page's title.
+
+    Returns:
+        the HTML text.
+
+    Example:
+        >>> page = landscape_html(np.zeros((1, 2)), [{"role": "base", "trajectory": "train_ab", "epoch": 3,
+        ...                                           "accuracy": 0.97}], title="demo")
+        >>> "train_ab" in page, "<script src=" in page     # the script is inline: no network needed
+        (True, False)
+    """
+    import plotly.graph_objects as go   # late: only the interactive page needs it
+
+    coords = np.asarray(coords, dtype=np.float64)
+    if coords.ndim != 2 or coords.shape[1] != 2 or len(coords) != len(points):
+        raise LandscapeError(f"need coords [M, 2] and M point descriptions, got {coords.shape} and {len(points)}")
+    fig = go.Figure()
+    by_role: dict[str, list[int]] = {}
+    for i, pt in enumerate(points):
+        by_role.setdefault(str(pt.get("role", "other")), []).append(i)
+    for role in sorted(by_role, key=lambda r: (r == "base", _ROLE_ORDER.get(r, len(ROLES)))):  # base on top
+        idx = by_role[role]
+        letter, colour, text = _role(points[idx[0]])
+        final = [bool(points[i].get("final", True)) for i in idx]
+        acc = [points[i].get("accuracy") for i in idx]
+        fig.add_trace(go.Scatter(
+            x=coords[idx, 0], y=coords[idx, 1], mode="markers", name=f"{letter} {text}",
+            marker={"color": _css_colour(colour), "size": [13 if f else 5 for f in final],
+                    "symbol": "diamond" if role == "base" else "circle", "line": {"width": 1, "color": "white"}},
+            customdata=[[points[i].get("trajectory") or "", points[i].get("epoch", ""), points[i].get("label") or "",
+                         "" if a is None else f"{100 * float(a):.2f}%"] for i, a in zip(idx, acc)],
+            hovertemplate="run %{customdata[0]}<br>epoch %{customdata[1]}<br>%{customdata[2]}<br>"
+                          "test accuracy %{customdata[3]}<extra></extra>"))
+    fig.update_layout(title=title, xaxis={"title": "t-SNE 1", "showticklabels": False},
+                      yaxis={"title": "t-SNE 2", "showticklabels": False}, template="plotly_white")
+    return fig.to_html(include_plotlyjs=True, full_html=True)
+
+
+def _css_colour(colour: str) -> str:
+    """A matplotlib colour name as CSS hex."""
+    from matplotlib.colors import to_hex
+
+    return to_hex(colour)
 
 
 def _plottable(row: Mapping[str, Any]) -> tuple[float, float, float, float] | None:
@@ -196,9 +341,11 @@ def _plottable(row: Mapping[str, Any]) -> tuple[float, float, float, float] | No
     return float(r), float(acc), float(lo), float(hi)
 
 
-def _draw_rows(ax, rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, str], int, float]:
-    """One point with its interval per plottable row; returns legend text -> colour, rows skipped, x extent."""
-    styles: dict[str, str] = {}
+def _draw_rows(ax, rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, str], list, int, float]:
+    """One point with its interval per plottable row, coloured by its verdict, shaped by its role; returns the
+    roles drawn (legend text -> marker), the labels to place, rows skipped, and the x extent."""
+    shapes: dict[str, str] = {}
+    labels: list[tuple[float, float, str, str]] = []
     skipped, xmax = 0, 1.15
     for row in rows:
         pt = _plottable(row)
@@ -206,55 +353,70 @@ def _draw_rows(ax, rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, str], i
             skipped += 1
             continue
         r, acc, lo, hi = pt
-        _, colour, text = _role(row)
-        styles.setdefault(text, colour)
+        _, _, text = _role(row)
+        marker = _MARKERS.get(str(row.get("role")), "o")
+        shapes.setdefault(text, marker)
+        colour = VERDICT_COLOURS.get(str(row.get("verdict")), "0.5")
         std = row.get("accuracy_deviation_std")
         ax.errorbar([r], [acc], xerr=[[max(r - lo, 0.0)], [max(hi - r, 0.0)]],
-                    yerr=None if std is None else [[std], [std]], fmt="o", color=colour, ms=5, capsize=3,
-                    elinewidth=1, zorder=3)
-        ax.annotate(str(row.get("setting", "")), (r, acc), xytext=(5, 5), textcoords="offset points", fontsize=7,
-                    color=colour)
+                    yerr=None if std is None else [[std], [std]], fmt=marker, color=colour, ms=6, capsize=3,
+                    elinewidth=1.2, mec="black", mew=0.4, zorder=3)
+        labels.append((r, acc, str(row.get("setting", "")), "0.15"))
         xmax = max(xmax, hi * 1.05, r * 1.05)
-    return styles, skipped, xmax
+    return shapes, labels, skipped, xmax
 
 
-def _draw_regions(ax, xmax: float) -> None:
-    """The verdict regions, and the line where independently trained models sit."""
-    ax.axvspan(0.0, PRESERVE_BELOW, color="tab:green", alpha=0.08, zorder=0)
-    ax.axvspan(INDEPENDENT_ABOVE, xmax, color="tab:red", alpha=0.08, zorder=0)
-    ax.axvline(1.0, color="0.35", ls="--", lw=1, zorder=1)
-    ax.text(1.0, 0.98, " independent models", transform=ax.get_xaxis_transform(), rotation=90, ha="right",
-            va="top", fontsize=8, color="0.35")
+def _draw_regions(ax) -> list:
+    """The verdict thresholds (applied to each interval, not to the point), and where independents sit; returns
+    their texts."""
+    texts = []
+    for x, text in ((PRESERVE_BELOW, f" preserves if CI < {PRESERVE_BELOW}"),
+                    (INDEPENDENT_ABOVE, f" independent-like if CI > {INDEPENDENT_ABOVE}"),
+                    (1.0, " independent models")):
+        ax.axvline(x, color="0.35" if x == 1.0 else "0.6", ls="--" if x == 1.0 else ":", lw=1, zorder=1)
+        texts.append(ax.text(x, 0.99, text, transform=ax.get_xaxis_transform(), rotation=90, ha="right",
+                             va="top", fontsize=7, color="0.35"))
     ax.axhline(0.0, color="0.6", lw=0.7, zorder=1)
+    return texts
 
 
-def _set_scales(ax, rows: Sequence[Mapping[str, Any]], xmax: float) -> None:
+def _set_scales(ax, rows: Sequence[Mapping[str, Any]], xmax: float) -> tuple[str, str]:
+    """Axis scales and the words each axis label needs to say which scale it is."""
     # Heavily pruned models can sit at RFD 100 and -80% accuracy, squeezing every other model into a corner:
     # past these bounds the axes turn logarithmic, keeping the region that decides verdicts linear.
-    ax.set_xlim(0.0, xmax)
     plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+    xnote = ynote = ""
+    # a margin left of 0 and around the extremes keeps markers at the ends whole
     if xmax > 4.0:
         ax.set_xscale("symlog", linthresh=2.0, linscale=2.0)
         ax.xaxis.set_major_formatter(plain)
-    devs = [row.get("accuracy_deviation_pct") for row in rows]
-    if any(d is not None and np.isfinite(d) and abs(d) > 10 for d in devs):
+        ax.set_xlim(-0.1, xmax * 1.3)
+        xnote = "\nsymlog scale: linear below 2, logarithmic above"
+    else:
+        ax.set_xlim(-0.04 * xmax, xmax * 1.03)
+    devs = [float(d) for d in (row.get("accuracy_deviation_pct") for row in rows) if d is not None
+            and np.isfinite(d)]
+    if any(abs(d) > 10 for d in devs):
         ax.set_yscale("symlog", linthresh=1.0)
         ax.yaxis.set_major_formatter(plain)
+        ynote = "\nsymlog scale: linear within ±1, logarithmic beyond"
+    ax.margins(y=0.15)
+    return xnote, ynote
 
 
 def plot_accuracy_vs_distance(rows: Sequence[Mapping[str, Any]], *, title: str) -> Figure:
     """Accuracy deviation (%) against RFD with its bootstrap interval, one point per summary row.
 
-    The verdict regions are shaded: left of ``PRESERVE_BELOW`` a model "preserves" the function if its whole
-    interval lies there, right of ``INDEPENDENT_ABOVE`` it is "independent-like" if its whole interval lies there;
-    the dashed line at RFD = 1 is where independently trained models sit. Points are coloured by role
-    (:data:`funclens.plan.ROLES`; rows without one by their method). Rows without a finite RFD and accuracy
-    deviation are left out, and the figure says how many.
+    Each point is coloured by its verdict (:data:`VERDICT_COLOURS`), which is decided by its whole interval:
+    dotted lines mark the thresholds the interval is held against, the dashed line at RFD = 1 is where
+    independently trained models sit. The marker's shape is the row's role. Labels are placed so that none
+    overprints another. Rows without a finite RFD and accuracy deviation are left out, and the figure says how
+    many.
 
     Args:
         rows: dicts with ``method``, ``setting``, ``accuracy_deviation_pct``, ``rfd``, ``rfd_ci`` (``[lo, hi]``),
-            optionally ``role`` and ``accuracy_deviation_std`` (drawn as a vertical error bar), as in
-            ``summary.json``.
+            optionally ``role``, ``verdict`` and ``accuracy_deviation_std`` (drawn as a vertical error bar), as
+            in ``summary.json``.
         title: the axes title.
 
     Returns:
@@ -262,27 +424,31 @@ def plot_accuracy_vs_distance(rows: Sequence[Mapping[str, Any]], *, title: str) 
 
     Example:
         >>> fig = plot_accuracy_vs_distance([{"method": "quantize", "setting": "8-bit", "rfd": 0.1,
-        ...                                   "rfd_ci": [0.05, 0.2], "accuracy_deviation_pct": -0.1}], title="demo")
-        >>> [t.get_text() for t in fig.axes[0].get_legend().get_texts()][0]
-        'quantization'
+        ...                                   "rfd_ci": [0.05, 0.2], "accuracy_deviation_pct": -0.1,
+        ...                                   "verdict": "preserves"}], title="demo")
+        >>> [t.get_text() for t in fig.axes[0].get_legend().get_texts()][:2]
+        ['quantization', 'preserves']
     """
-    fig = Figure(figsize=(7.5, 5.5), layout="constrained")
+    fig = Figure(figsize=(8.5, 5.5), layout="constrained")
     ax = fig.add_subplot()
-    styles, skipped, xmax = _draw_rows(ax, rows)
-    _draw_regions(ax, xmax)
-    _set_scales(ax, rows, xmax)
-    handles = [Line2D([], [], color=c, marker="o", ls="", label=text) for text, c in styles.items()]
-    handles += [Patch(color="tab:green", alpha=0.25, label=f"preserves: CI upper end < {PRESERVE_BELOW}"),
-                Patch(color="tab:red", alpha=0.25, label=f"independent-like: CI lower end > {INDEPENDENT_ABOVE}")]
-    ax.legend(handles=handles, loc="best", fontsize=8, framealpha=0.85)
-    if not styles:
+    shapes, labels, skipped, xmax = _draw_rows(ax, rows)
+    notes = _draw_regions(ax)
+    xnote, ynote = _set_scales(ax, rows, xmax)
+    verdicts = list(dict.fromkeys(str(r.get("verdict")) for r in rows if r.get("verdict") in VERDICT_COLOURS))
+    handles = [Line2D([], [], color="0.5", marker=m, ls="", mec="black", mew=0.4, label=text)
+               for text, m in shapes.items()]
+    handles += [Line2D([], [], color=VERDICT_COLOURS[v], marker="o", ls="", label=v) for v in verdicts]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, framealpha=0.85,
+              title="shape: role; colour: verdict", title_fontsize=7)
+    if not shapes:
         ax.text(0.5, 0.5, "no rows with a finite RFD", transform=ax.transAxes, ha="center", va="center")
     if skipped:
-        ax.text(0.99, 0.01, f"{skipped} row(s) without a finite RFD not shown", transform=ax.transAxes,
-                ha="right", va="bottom", fontsize=7, color="0.4")
-    ax.set_xlabel("relative functional distance to the base (RFD, 95% bootstrap CI)")
-    ax.set_ylabel("accuracy deviation from the base (%)")
+        notes.append(ax.text(0.99, 0.01, f"{skipped} row(s) without a finite RFD not shown",
+                             transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.4"))
+    ax.set_xlabel(f"relative functional distance to the base (RFD, 95% bootstrap CI){xnote}")
+    ax.set_ylabel(f"accuracy deviation from the base (%){ynote}")
     ax.set_title(title)
+    _place_labels(fig, ax, labels, notes)
     return fig
 
 

@@ -125,6 +125,10 @@ def landscape_figure(out: Path) -> Path:
     return figures_dir(out) / "landscape.png"
 
 
+def landscape_interactive(out: Path) -> Path:
+    return figures_dir(out) / "landscape.html"
+
+
 def accuracy_figure(out: Path) -> Path:
     """Accuracy deviation against RFD."""
     return figures_dir(out) / "accuracy_vs_distance.png"

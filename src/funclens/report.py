@@ -11,6 +11,7 @@ import csv
 import html
 import io
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -67,21 +68,36 @@ def _accuracy_tables(summaries: list[dict]) -> tuple[str, str]:
     return _csv(rows), "\n".join(md) + "\n"
 
 
+def _size(r: dict) -> list[str]:
+    """(about how many parameters, bytes as computed with, bytes stored compressed, sparsity) of a row's model;
+    empty where the run recorded no size (trained models)."""
+    fp32, w, sparse, sp = (r.get(k) for k in ("fp32_bytes", "weight_bytes", "sparse_bytes", "sparsity"))
+    return ["" if fp32 is None else f"{fp32 // 4:,}", "" if w is None else f"{w:,}",
+            "" if sparse is None else f"{sparse:,}", "" if sp is None else f"{100 * sp:.1f}%"]
+
+
 def _distance_tables(summaries: list[dict]) -> tuple[str, str]:
-    """Distances, RFD with its interval, p and verdict of every row. (CSV, Markdown)"""
+    """Distances, RFD with both intervals, p, verdict and model size of every row. (CSV, Markdown)"""
     rows = [["dataset", "architecture", "role", "method", "setting", "runs", "accuracy", "accuracy_deviation_pct",
-             "disagreement", "js", "tv", "rfd", "rfd_lo", "rfd_hi", "p_closer", "verdict"]]
-    md = ["| Architecture | method | setting | acc. dev. % | disagreement | JS (bits) | RFD [95% CI] | p(closer) | "
-          "verdict |", "|---|---|---|---|---|---|---|---|---|"]
+             "disagreement", "js", "tv", "rfd", "rfd_lo", "rfd_hi", "rfd_yardstick_lo", "rfd_yardstick_hi",
+             "p_closer", "verdict", "fp32_bytes", "weight_bytes", "sparse_bytes", "sparsity"]]
+    md = ["| Architecture | method | setting | acc. dev. % | disagreement | JS (bits) | RFD [95% CI] | "
+          "yardstick range | p(closer) | verdict | ≈ parameters | bytes | compressed bytes | sparsity |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         for r in s["rows"]:
             lo, hi = r["rfd_ci"]
+            ylo, yhi = r.get("rfd_ci_yardstick") or (None, None)
             rows.append([s["dataset"], s["arch"], r.get("role", ""), r["method"], r["setting"], " ".join(r["runs"]),
                          f"{r['accuracy']:.4f}", _num(r["accuracy_deviation_pct"], ".4f"),
                          f"{r['disagreement']:.6f}", f"{r['js']:.6f}", f"{r['tv']:.6f}", _num(r["rfd"], ".4f"),
-                         _num(lo, ".4f"), _num(hi, ".4f"), f"{r['p_closer']:.4f}", r["verdict"]])
+                         _num(lo, ".4f"), _num(hi, ".4f"), _num(ylo, ".4f"), _num(yhi, ".4f"),
+                         _num(r["p_closer"], ".4f"), r["verdict"]]
+                        + [str(r.get(k, "")) for k in ("fp32_bytes", "weight_bytes", "sparse_bytes", "sparsity")])
             md.append(f"| {s['arch']} | {r['method']} | {r['setting']} | {_fmt_dev(r)} | {r['disagreement']:.4f} | "
-                      f"{r['js']:.4f} | {_ci(r)} | {_p(r)} | {r['verdict']} |")
+                      f"{r['js']:.4f} | {_ci(r)} | {_yard(r)} | {'' if r['verdict'] == 'yardstick' else _p(r)} | "
+                      f"{r['verdict']} | "
+                      + " | ".join(_size(r)) + " |")
     return _csv(rows), "\n".join(md) + "\n"
 
 
@@ -110,10 +126,13 @@ def _landscape_points(sv: StudyView) -> tuple[list[np.ndarray], list[dict]]:
     store = Store(sv.out)
     preds, points = [], []
     for r in sv.runs:
+        # test accuracy after each epoch, as training recorded it; a post-hoc model has only its own
+        acc = {h.get("epoch"): h.get("test_acc") for h in store.load_metrics(r.run).get("history", [])}
         for e in r.epochs:
             preds.append(r.final if e == r.epochs[-1] else store.load_preds(r.run, e))
             points.append({"role": r.role, "letter": ROLES[r.role].letter, "label": _final_label(r),
-                           "trajectory": r.run, "epoch": e, "final": e == r.epochs[-1]})
+                           "trajectory": r.run, "epoch": e, "final": e == r.epochs[-1],
+                           "accuracy": r.accuracy if e == r.epochs[-1] else acc.get(e)})
     return preds, points
 
 
@@ -133,13 +152,17 @@ def _write_landscape_table(out: Path, coords: np.ndarray, points: list[dict]) ->
 
 
 def figures(sv: StudyView, summary: dict) -> dict[Path, Figure]:
-    """The report's figures as matplotlib Figures, by file path (not yet saved); writes the landscape table."""
+    """The report's figures as matplotlib Figures, by file path (not yet saved); writes the landscape table and
+    the interactive landscape page."""
     from funclens import landscape
 
     preds, points = _landscape_points(sv)
     coords = landscape.embed(preds, seed=0)
     _write_landscape_table(sv.out, coords, points)
     what = f"{sv.study.model.arch} on {sv.study.data.dataset}"
+    paths.figures_dir(sv.out).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(paths.landscape_interactive(sv.out),
+                      landscape.landscape_html(coords, points, title=f"Functional landscape: {what}"))
     metric = summary["metric"]
     dist = pairwise([r.final for r in sv.runs], metric)
     return {
@@ -172,22 +195,60 @@ def _ci(r: dict) -> str:
 
 
 def _p(r: dict) -> str:
-    """p at the bootstrap's floor 1 / (B + 1) says only that it is below 1 / B."""
+    """p at the bootstrap's floor 1 / (B + 1) says only that it is below 1 / B.
+
+    Example:
+        >>> _p({"p_closer": 1 / 1001}), _p({"p_closer": 0.0123}), _p({"p_closer": None})
+        ('< 0.001', '= 0.012', 'n/a')
+    """
+    if r.get("p_closer") is None:
+        return "n/a"
     return f"< {1 / N_BOOT:.3g}" if r["p_closer"] <= 1 / (N_BOOT + 1) + 1e-12 else f"= {r['p_closer']:.3f}"
 
 
 _WORDS = {"preserves": "preserves the base function",
-          "partial": "moves part of the way toward an independent model",
-          "independent-like": "is at least as different from the base as an independently trained model",
+          "partial": "keeps part of the base function: nearer the base than independent models, but not near",
+          "independent-like": "is as different from the base as an independently trained model",
           "undetermined": "cannot be decided"}
+BADGE_COLOURS = {"preserves": "#2e7d32", "partial": "#ef6c00", "independent-like": "#c62828",
+                 "undetermined": "#757575", "yardstick": "#1565c0"}
 
 
-def _row_sentence(r: dict) -> str:
-    s = (f"{r['method']} {r['setting']}: RFD {_ci(r)}, accuracy deviation {_fmt_dev(r)}% "
-         f"→ {_WORDS[r['verdict']]}")
+def _acc_change(r: dict) -> str:
+    if r["accuracy_deviation_pct"] is None:
+        return "n/a"
+    std = r.get("accuracy_deviation_std")
+    return f"{r['accuracy_deviation_pct']:+.2f}%" + (f" (±{std:.2f})" if std is not None else "")
+
+
+def _yard(r: dict) -> str:
+    """The interval again with each independent model alone as the yardstick (its own noise included)."""
+    lo, hi = r.get("rfd_ci_yardstick") or (None, None)
+    return "" if lo is None else f"[{lo:.2f}, {'inf' if hi is None else format(hi, '.2f')}]"
+
+
+def _is_control(r: dict) -> bool:
+    return r.get("role") == "control"
+
+
+def _row_sentence(r: dict, n_test: int, pairs: int) -> str:
+    name = f"{r['method']} {r['setting']}"
+    if _is_control(r):
+        lo, hi = r["rfd_ci"]
+        near_one = lo is not None and (hi is None or lo <= 1.0 <= hi or lo > INDEPENDENT_ABOVE)
+        words = ("as far from the base as an independent model, as expected of a student taught by another model"
+                 if near_one else _WORDS[r["verdict"]] + " (its teacher is an independent model)")
+        name = f"control student ({r['setting']}, taught by an independent model)"
+    else:
+        words = _WORDS[r["verdict"]]
+    s = f"{name}: RFD {_ci(r)}, accuracy {_acc_change(r)}, {100 * r['disagreement']:.2f}% of predictions changed → {words}"
     if r["verdict"] == "undetermined":
         return s + f": {r.get('verdict_reason', 'RFD is undefined')}."
-    s += (f" (bootstrap p {_p(r)} against 'no closer to the base than the independent models are').")
+    s += (f" (p {_p(r)}; with one independent alone as yardstick {_yard(r)}). Rests on {n_test} test inputs "
+          f"and a yardstick of {pairs} independent model{'s' if pairs != 1 else ''}")
+    if r.get("caveats"):
+        s += ". Weak where: " + "; ".join(r["caveats"])
+    s += "."
     if r["setting"] == "dynamic-int8":
         s += (" Note: torch's dynamic quantization (quantize_dynamic) quantizes Linear layers only; "
               f"{r.get('conv_layers_compressed', 0)} convolutions were quantized, so this says little about "
@@ -197,7 +258,7 @@ def _row_sentence(r: dict) -> str:
 
 def _control_sentence(summary: dict) -> list[str]:
     students = [r for r in summary["rows"] if r.get("role") == "student" and r["rfd"] is not None]
-    control = [r for r in summary["rows"] if r.get("role") == "control" and r["rfd"] is not None]
+    control = [r for r in summary["rows"] if _is_control(r) and r["rfd"] is not None]
     if not (students and control):
         return []
     best, c = min(students, key=lambda r: r["rfd"]), control[0]
@@ -209,22 +270,106 @@ def _control_sentence(summary: dict) -> list[str]:
                "student toward the base beyond what any teacher does.")]
 
 
+def units_note(summary: dict) -> str:
+    """What the numbers mean, said once: units, ±, p, and both intervals."""
+    m, t = summary["metric"], summary["thresholds"]
+    return (f"Units: disagreement is the fraction of test inputs whose top-1 prediction differs; JS is the "
+            f"Jensen-Shannon divergence in bits (0 to 1); the distance behind RFD is {m} "
+            f"({metrics.METRIC_UNITS[m]}). Accuracy changes are in % of the base's accuracy; ± is the sample "
+            f"standard deviation over student seeds. RFD [a, b]: the 95% percentile bootstrap interval over test "
+            f"inputs ({t['bootstrap']} resamples, the same resampled inputs for every model). The second interval "
+            f"takes the yardstick from each independent model alone and spans the lowest to the highest end: the "
+            f"yardstick's own noise, which the first leaves out. p: one-sided bootstrap p-value against 'no "
+            f"closer to the base than the independent models are'; at its floor it prints p < {1 / t['bootstrap']:.3g}. "
+            f"Verdicts come from the first interval: 'preserves' when its upper end is below "
+            f"{t['preserves_below']}, 'independent-like' when its lower end is above {t['independent_above']}, "
+            f"'partial' otherwise, 'undetermined' when the independent models agree with the base on every input.")
+
+
 def verdict_sentences(summary: dict) -> list[str]:
-    """One sentence per compressed setting, and the rules behind the verdicts."""
-    m = summary["metric"]
-    ref = summary["reference"]
-    out = [f"Yardstick: the independently trained models differ from the base by {m} "
-           f"{ref['independent_mean']:.4f} (std {ref['independent_std']:.4f} over {ref['pairs']} models; "
-           f"{m} is the {metrics.METRIC_UNITS[m]}); RFD divides a model's {m} to the base by that mean, so 0 is "
-           f"the base's own function and 1 is as different as a model trained from scratch."]
-    out += [_row_sentence(r) for r in summary["rows"] if r["method"] != "independent"]
-    out += _control_sentence(summary)
-    out.append(f"Verdicts from the 95% bootstrap interval of RFD over test inputs ({N_BOOT} resamples, every model "
-               f"resampled with the same inputs): 'preserves' when its upper bound is below {PRESERVE_BELOW}, "
-               f"'independent-like' when its lower bound is above {INDEPENDENT_ABOVE}, 'partial' otherwise; "
-               "'undetermined' when the independent models agree with the base on every test input, so there is "
-               "no yardstick. ± is the standard deviation over seeds.")
-    return out
+    """One sentence per compressed setting (what it rests on, where it is weak), and the random control's."""
+    out = [_row_sentence(r, summary["num_test"], summary["reference"]["pairs"]) for r in summary["rows"]
+           if r["method"] != "independent"]
+    return out + _control_sentence(summary)
+
+
+def yardstick_md(summary: dict) -> str:
+    """The independent models, the yardstick every RFD divides by: each one's distance to the base, their mean
+    and spread, and how far they are from each other."""
+    m, ref = summary["metric"], summary["reference"]
+    lines = [f"| independent model | run | accuracy | {m} to the base |", "|---|---|---|---|"]
+    for i in ref.get("independents", []):
+        lines.append(f"| {i['setting']} | {i['run']} | {100 * i['accuracy']:.2f}% | {_num(i.get(m), '.4f')} |")
+    lines.append(f"| mean (the yardstick) | | | {ref['independent_mean']:.4f} |")
+    lines.append(f"| std over {ref['pairs']} models | | | {ref['independent_std']:.4f} |")
+    if ref.get("between_independents") is not None:
+        lines.append(f"| mean over all pairs among base and independents | | | {ref['between_independents']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+_SETUP_NAMES = {"data_content_sha256": "data content (sha256)", "batch_size": "batch size",
+                "lr": "learning rate", "weight_decay": "weight decay", "distill_alphas": "distillation alphas",
+                "distill_seeds": "student seeds", "temperature": "distillation T", "distill_init": "student init",
+                "distill_control": "random control", "prune_global": "global pruning",
+                "funclens_versions": "funclens version of the runs", "git_commits": "git commit of the runs",
+                "changed_from_preset": "changed from the preset"}
+
+
+def setup_md(summary: dict) -> str:
+    """The setup block: every field that went into the run ids, as a two-column table."""
+    lines = ["| setting | value |", "|---|---|"]
+    for k, v in summary.get("setup", {}).items():
+        if isinstance(v, list):
+            v = ", ".join(str(x) for x in v) or "none"
+        elif k in ("train_subset", "test_subset") and v == 0:
+            v = "all"
+        if k == "preset" and v is None:
+            v = "none: a study of its own"
+        lines.append(f"| {_SETUP_NAMES.get(k, k.replace('_', ' '))} | {v} |")
+    return "\n".join(lines) + "\n"
+
+
+def reduced_note(summary: dict) -> str:
+    """One line when the study is a preset changed by flags or a file; empty otherwise."""
+    st = summary.get("setup", {})
+    changes = st.get("changed_from_preset") or []
+    if not changes:
+        return ""
+    return (f"REDUCED: this study changes the preset '{st.get('preset')}' ({'; '.join(changes)}); its numbers are "
+            f"not the preset's.")
+
+
+def overview_rows(summary: dict) -> list[dict]:
+    """The summary block, one entry per compressed setting: verdict, accuracy change, RFD with both intervals."""
+    return [{"method": r["method"], "setting": r["setting"] if not _is_control(r) else r["setting"],
+             "verdict": r["verdict"], "accuracy": _acc_change(r), "rfd": _ci(r), "yardstick": _yard(r),
+             "flips": f"{100 * r['disagreement']:.2f}%", "caveats": len(r.get("caveats") or [])}
+            for r in summary["rows"] if r["method"] != "independent"]
+
+
+def overview_md(summary: dict) -> str:
+    mark = {"preserves": "🟢", "partial": "🟠", "independent-like": "🔴", "undetermined": "⚪"}
+    lines = ["| method | setting | verdict | accuracy change | predictions changed | RFD [95% CI] | "
+             "yardstick range |", "|---|---|---|---|---|---|---|"]
+    for o in overview_rows(summary):
+        lines.append(f"| {o['method']} | {o['setting']} | {mark.get(o['verdict'], '')} {o['verdict']}"
+                     f"{' *' if o['caveats'] else ''} | {o['accuracy']} | {o['flips']} | {o['rfd']} | "
+                     f"{o['yardstick']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _overview_html(summary: dict) -> str:
+    head = ("<tr><th>method</th><th>setting</th><th>verdict</th><th>accuracy change</th>"
+            "<th>predictions changed</th><th>RFD [95% CI]</th><th>yardstick range</th></tr>")
+    trs = []
+    for o in overview_rows(summary):
+        badge = (f"<span class='badge' style='background:{BADGE_COLOURS.get(o['verdict'], '#757575')}'>"
+                 f"{html.escape(o['verdict'])}</span>" + (" <span title='see its caveats'>*</span>"
+                                                          if o["caveats"] else ""))
+        cells = [html.escape(o["method"]), html.escape(o["setting"]), badge] + [
+            html.escape(o[k]) for k in ("accuracy", "flips", "rfd", "yardstick")]
+        trs.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return f"<table id='summary'><thead>{head}</thead><tbody>{''.join(trs)}</tbody></table>"
 
 
 def _img_tag(path: Path, alt: str) -> str:
@@ -243,27 +388,63 @@ def _md_table_to_html(md: str) -> str:
 
 _CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
         "table{border-collapse:collapse;margin:1em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:.3em .6em}"
-        "th{background:#f3f3f3}li{margin:.3em 0}")
+        "th{background:#f3f3f3}li{margin:.3em 0}"
+        ".badge{color:#fff;border-radius:.8em;padding:.1em .6em;font-weight:600;white-space:nowrap}"
+        ".reduced{background:#fff3cd;border:2px solid #e0a800;padding:.5em .8em;font-weight:700}")
 
 
-def write_documents(out: Path, title: str, intro: str, acc_md: str, dist_md: str, sentences: list[str],
-                    figures: list[tuple[Path, str]]) -> Path:
-    diag_md, diag_html = diagnostics_sections(json.loads(paths.summary_file(out).read_text()))
-    md = [f"# {title}", "", intro, "", "## Verdicts", ""] + [f"- {s}" for s in sentences]
+def _study_blocks(summary: dict, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(heading, Markdown, HTML) of one study's summary, setup and yardstick blocks, in reading order."""
+    over = overview_md(summary)
+    star = "\n\\* the verdict has caveats, listed under Verdicts.\n"
+    return [(f"{prefix}Summary: which compressions kept the base function?", over + star,
+             _overview_html(summary) + "<p><small>* the verdict has caveats, listed under Verdicts.</small></p>"),
+            (f"{prefix}Setup", setup_md(summary), _md_table_to_html(setup_md(summary))),
+            (f"{prefix}Yardstick: the independently trained models", yardstick_md(summary),
+             _md_table_to_html(yardstick_md(summary)))]
+
+
+def write_documents(out: Path, title: str, intro: str, summaries: list[dict], acc_md: str, dist_md: str,
+                    sentences: list[str], figures: list[tuple[Path, str]]) -> Path:
+    """``report.md`` and ``report.html``: the reduced mark, summary, setup and yardstick of every study first,
+    then verdicts, tables and figures. Returns the path of ``report.html``."""
+    many = len(summaries) > 1
+    notes = [n for n in (reduced_note(s) for s in summaries) if n]
+    blocks = [b for s in summaries for b in _study_blocks(s, f"[{s['arch']}] " if many else "")]
+    units = units_note(summaries[0])
+    diag_md, diag_html = diagnostics_sections({"studies": summaries})
+    md = [f"# {title}", ""] + [f"> **{n}**\n" for n in notes] + [intro, ""]
+    for head, text_md, _ in blocks:
+        md += [f"## {head}", "", text_md]
+    md += ["## Verdicts", "", units, ""] + [f"- {x}" for x in sentences]
     md += ["", "## Accuracy deviation (%, relative to the base; the paper's Tables 1-3)", "", acc_md,
-           "## Functional distance to the base", "", dist_md, diag_md, "## Figures", ""]
+           "## Functional distance to the base, and model sizes", "", dist_md, diag_md, "## Figures", ""]
     md += [f"![{cap}]({p.relative_to(out).as_posix()})" for p, cap in figures]
+    md += [f"\nInteractive landscape (hover a point for its run, epoch and accuracy): [{p}]({p})"
+           for p in _interactive_links(out, figures)]
     atomic_write_text(paths.report_md(out), "\n".join(md) + "\n")
-    body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro)}</p>", "<h2>Verdicts</h2><ul>"]
-    body += [f"<li>{html.escape(s)}</li>" for s in sentences] + ["</ul>"]
+    body = [f"<h1>{html.escape(title)}</h1>"] + [f"<p class='reduced'>{html.escape(n)}</p>" for n in notes]
+    body += [f"<p>{html.escape(intro)}</p>"]
+    body += [f"<h2>{html.escape(head)}</h2>{text_html}" for head, _, text_html in blocks]
+    body += ["<h2>Verdicts</h2>", f"<p><small>{html.escape(units)}</small></p><ul>"]
+    body += [f"<li>{html.escape(x)}</li>" for x in sentences] + ["</ul>"]
     body += ["<h2>Accuracy deviation (%, relative to the base)</h2>", _md_table_to_html(acc_md),
-             "<h2>Functional distance to the base</h2>", _md_table_to_html(dist_md), diag_html,
+             "<h2>Functional distance to the base, and model sizes</h2>", _md_table_to_html(dist_md), diag_html,
              "<h2>Figures</h2>"]
     body += [f"<figure>{_img_tag(p, cap)}<figcaption>{html.escape(cap)}</figcaption></figure>" for p, cap in figures]
+    body += [f"<p><a href='{html.escape(p)}'>Interactive landscape</a> (hover a point for its run, epoch and "
+             f"accuracy; one file, works offline)</p>" for p in _interactive_links(out, figures)]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
     atomic_write_text(paths.report_html(out), page)
     return paths.report_html(out)
+
+
+def _interactive_links(out: Path, figures: list[tuple[Path, str]]) -> list[str]:
+    """Relative links from ``out`` to every study's interactive landscape that exists."""
+    dirs = dict.fromkeys(p.parent.parent for p, _ in figures)
+    return [Path(os.path.relpath(paths.landscape_interactive(d), out)).as_posix() for d in dirs
+            if paths.landscape_interactive(d).exists()]
 
 
 _CAPTIONS = {
@@ -294,8 +475,9 @@ def build_report(out: Path) -> Path:
     intro = (f"Study {sv.study.name}: {sv.study.model.arch} on {sv.study.data.dataset} "
              f"({summary['num_test']} test images, {summary['num_classes']} classes), base accuracy "
              f"{100 * summary['base']['accuracy']:.2f}%, distance '{summary['metric']}'. funclens {__version__}.")
-    html = write_documents(out, f"funclens report: {sv.study.name}", intro, acc_md, dist_md,
-                           verdict_sentences(summary), _figure_list(out))
+    title = f"funclens report: {sv.study.name}" + (" (REDUCED)" if reduced_note(summary) else "")
+    html = write_documents(out, title, intro, [summary], acc_md, dist_md, verdict_sentences(summary),
+                           _figure_list(out))
     add_gallery(out, sv)  # tables/exemplars.csv, and the gallery at the end of report.md and report.html
     store.record_outputs()
     return html
@@ -311,8 +493,9 @@ def build_combined_report(out: Path, study_dirs: list[Path]) -> Path:
     atomic_write_text(paths.summary_file(out), json.dumps({"studies": summaries}, indent=2, allow_nan=False))
     intro = (f"{len(summaries)} studies on {summaries[0]['dataset']}: "
              + ", ".join(f"{s['arch']} (base {100 * s['base']['accuracy']:.2f}%)" for s in summaries) + ".")
-    return write_documents(out, f"funclens report: {summaries[0]['dataset']}", intro, acc_md, dist_md,
-                           sentences, figs)
+    reduced = any(reduced_note(s) for s in summaries)
+    return write_documents(out, f"funclens report: {summaries[0]['dataset']}" + (" (REDUCED)" if reduced else ""),
+                           intro, summaries, acc_md, dist_md, sentences, figs)
 
 
 # ---------------------------------------------------------------- where the function moved, per row
