@@ -14,6 +14,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import json
@@ -26,7 +28,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Iterator, Union
 
 from funclens.errors import ConfigError, FunclensError  # noqa: F401  (re-exported)
 
@@ -98,11 +100,37 @@ class DataCfg:
                f"content must be a sha256 in hex (64 characters), got {self.content!r}")
 
 
+# Set while configs are read back from a store: see stored_configs().
+_READING_STORED: contextvars.ContextVar[bool] = contextvars.ContextVar("funclens_reading_stored", default=False)
+
+
+@contextlib.contextmanager
+def stored_configs() -> Iterator[None]:
+    """Within this block, configs are read without checking ``model.arch`` against the model registry.
+
+    A study's report and checks read its stored configs and build no model, so they must work in a process
+    that has not registered the study's architecture (one registered from Python, in the process that ran it).
+    Every other check still applies.
+
+    Example:
+        >>> with stored_configs():
+        ...     ModelCfg("my_own_net").arch
+        'my_own_net'
+    """
+    token = _READING_STORED.set(True)
+    try:
+        yield
+    finally:
+        _READING_STORED.reset(token)
+
+
 @dataclass(frozen=True)
 class ModelCfg:
     arch: str = field(default="lenet", metadata={"help": "registered model name (funclens.models.list_models())"})
 
     def __post_init__(self) -> None:
+        if _READING_STORED.get():
+            return   # a stored study's arch was checked when it ran; reading it builds no model
         from funclens.models import list_models  # late: models import torch
 
         _check(self.arch in list_models(), f"unknown arch {self.arch!r}; known: {', '.join(list_models())}")

@@ -51,11 +51,11 @@ def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int | None = None, exec
     """
     if study.train.precision == "bf16" and ctx.device != "cuda":
         raise FunclensError("precision bf16 (autocast) runs on CUDA only; use --device cuda or precision fp32")
+    # Read the data once here, before any folder is made: a missing or damaged file is one clear error that
+    # leaves nothing behind, and the in-process backend reuses the loaded set.
+    data = preload_dataset(study.data, ctx)
     store = Store(Path(ctx.out))
     store.ensure_writable()
-    # Read the data once here: a missing or damaged file is one clear error before any run starts,
-    # and the in-process backend reuses the loaded set.
-    data = preload_dataset(study.data, ctx)
     # Runs are named by the content of the data they train on: a rerun on other (repaired) files
     # never reuses runs trained on the old ones. A model that cannot take the images fails here once.
     study = study.replace(data=identified(study.data, data))
