@@ -2,10 +2,12 @@
 
     funclens study [STUDY.toml] [--preset NAME] [--dataset D] [--arch A] [--epochs N] [--out DIR] ...
     funclens report OUT
-    funclens compare A B [C ...] [--labels FILE]
-    funclens datasets
+    funclens compare A B [C ...] [--labels FILE] [--metric M] [--json]     (indep:X marks the yardstick)
+    funclens datasets [--data-dir DIR] [--offline]
     funclens verify OUT
     funclens --version
+
+``funclens`` alone and ``--help`` after any command print the help (exit 0).
 
 Exit 0 on success, 2 on bad input, 1 on an internal failure; errors are one line on stderr
 (the traceback too with ``--debug``).
