@@ -142,6 +142,9 @@ def test_report_of_a_study_whose_model_was_registered_in_python(tmp_path):
     assert summary["arch"] == "tiny_mlp" and [row["setting"] for row in summary["rows"] if row["method"] == "quantize"]
     v = run_cli("verify", str(out))
     assert v.returncode == 0, v.stderr
+    plan = {r["role"]: r["run"] for r in json.loads((out / "study.json").read_text())["runs"]}
+    c = run_cli("compare", str(out / "runs" / plan["base"]), str(out / "runs" / plan["quantize"]), "--json")
+    assert c.returncode == 0 and json.loads(c.stdout)["rows"][0]["setting"] == "8-bit", c.stderr
     # a study still refuses an architecture nobody registered
     again = run_cli("study", "--arch", "tiny_mlp", "--out", str(tmp_path / "again"))
     assert again.returncode == 2 and "unknown arch 'tiny_mlp'" in again.stderr

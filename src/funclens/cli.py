@@ -202,7 +202,9 @@ def compare(
     """
     from funclens.compare import compare_items, render
 
-    typer.echo(render(compare_items(items, labels=labels, metric=metric), as_json=as_json))
+    with stored_configs():   # run folders are read, no model is built
+        result = compare_items(items, labels=labels, metric=metric)
+    typer.echo(render(result, as_json=as_json))
 
 
 @app.command(short_help="List the known data sets, where their files are, and whether they are present.")
