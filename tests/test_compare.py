@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import REPO, run_cli
 from test_cli import one_line_error
 
 from funclens import paths
@@ -108,6 +108,14 @@ def test_run_folders_must_be_done_and_verified(small_ref, tmp_path):
     base, q8, prune = (paths.run_dir(out, plan[k]) for k in ("baseseed=0", "quantize8-bit", "prune50%"))
     r = run_cli("compare", str(base), str(q8))
     assert r.returncode == 0 and "quantize 8-bit" in r.stdout, r.stderr
+    # the same runs named from inside runs/, as a user in that folder types them
+    here = run_cli("compare", base.name, q8.name, "--json", cwd=paths.runs_dir(out),
+                   env={"PYTHONPATH": str(REPO / "src")})
+    assert here.returncode == 0, here.stderr
+    row = json.loads(here.stdout)["rows"][0]
+    full = json.loads(run_cli("compare", str(base), str(q8), "--json").stdout)["rows"][0]
+    assert row["setting"] == "8-bit" and [row[k] for k in ("disagreement", "js", "tv")] == [
+        full[k] for k in ("disagreement", "js", "tv")]
     victim = q8 / "preds" / "ep_000.npy"
     victim.write_bytes(victim.read_bytes()[:-3])
     one_line_error(run_cli("compare", str(base), str(q8)), q8.name, "checksum")

@@ -13,7 +13,7 @@ from scipy.stats import entropy
 from funclens.errors import FunclensError
 from funclens.metrics import (
     KL_EPS, METRICS, MetricsError, accuracy, accuracy_deviation, check_metric, check_predictions, check_same_shape,
-    distance, per_example,
+    distance, per_example, require_probabilities,
 )
 
 
@@ -179,3 +179,38 @@ def test_check_metric_names_the_known_metrics():
     check_metric("kl")
     with pytest.raises(MetricsError, match="unknown metric 'foo'; known: disagreement, js"):
         check_metric("foo")
+
+
+def test_library_refuses_logits_everywhere():
+    # total variation of logits came out as 175.8, where it cannot exceed 1: every entry point must refuse
+    from funclens.pairwise import pairwise, sqrt_gram
+    from funclens.rfd import independent_reference, rfd
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0.0, 50.0, (20, 10))
+    probs = check_predictions(logits, "logits")
+    other = check_predictions(rng.normal(0.0, 50.0, (20, 10)), "other")
+    calls = [lambda: distance(probs, logits, "tv"), lambda: distance(logits, probs),
+             lambda: per_example(probs, logits, "js"),
+             lambda: accuracy(logits, np.zeros(20, dtype=int)), lambda: rfd(probs, logits, [other], n_boot=9),
+             lambda: rfd(probs, other, [logits], n_boot=9), lambda: independent_reference(probs, [logits]),
+             lambda: pairwise([probs, logits], "tv"), lambda: sqrt_gram(np.stack([probs, logits]))]
+    for call in calls:
+        with pytest.raises(MetricsError, match="check_predictions"):
+            call()
+    assert 0.0 <= distance(probs, other, "tv") <= 1.0     # after check_predictions they compare fine
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_require_probabilities(dtype):
+    p = np.array([[0.25, 0.75], [1.0, 0.0]], dtype=dtype)
+    assert require_probabilities(p) is p                        # unchanged, not copied
+    assert require_probabilities(np.array([[-0.0, 1.0]], dtype=dtype)).shape == (1, 2)
+    with pytest.raises(MetricsError, match="outside"):
+        require_probabilities(np.array([[1.5, -0.5]], dtype=dtype))
+    with pytest.raises(MetricsError, match="do not sum to 1"):
+        require_probabilities(np.array([[0.2, 0.2]], dtype=dtype))
+    with pytest.raises(MetricsError, match="NaN"):
+        require_probabilities(np.array([[np.nan, 1.0]], dtype=dtype))
+    with pytest.raises(MetricsError, match="2-D"):
+        require_probabilities(np.ones(3, dtype=dtype))

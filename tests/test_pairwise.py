@@ -53,7 +53,8 @@ def test_pairwise_disagreement_300_models_completes():
     rng = np.random.default_rng(0)
     preds = np.empty((300, 2000, 100), dtype=np.float16)
     for i in range(len(preds)):
-        preds[i] = rng.random((2000, 100), dtype=np.float32)
+        r = rng.random((2000, 100), dtype=np.float32)
+        preds[i] = r / r.sum(axis=1, keepdims=True)   # probabilities: pairwise refuses anything else
     d = pairwise(preds, "disagreement")
     assert d.shape == (300, 300)
     assert np.all(np.diag(d) == 0.0)

@@ -1,19 +1,23 @@
 """The ``funclens`` command.
 
-    funclens study [STUDY.toml] [--preset NAME] [--dataset D] [--arch A] [--epochs N] [--out DIR]
+    funclens study [STUDY.toml] [--preset NAME] [--dataset D] [--arch A] [--epochs N] [--out DIR] ...
     funclens report OUT
-    funclens compare A B [C ...] [--labels FILE]
+    funclens compare A B [C ...] [--labels FILE] [--metric M] [--json] [--fail-if COND]     (indep:X marks the yardstick)
     funclens attribute RUN --compress 8-bit|4-bit|prune:0.5 --out DIR
-    funclens datasets
+    funclens datasets [--data-dir DIR] [--offline]
     funclens verify OUT
+    funclens --version
 
-Exit 0 on success, 2 on bad input, 1 on an internal failure; errors are one line on stderr
+``funclens`` alone and ``--help`` after any command print the help (exit 0).
+
+Exit 0 on success, 2 on bad input, 1 on an internal failure, 3 when a `compare --fail-if` condition holds; errors are one line on stderr
 (the traceback too with ``--debug``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import signal
 import sys
@@ -25,10 +29,10 @@ from typing import List, Optional
 import typer
 
 from funclens import paths
-from funclens.config import (MAX_EPOCHS, PRESET_ARCHS, ConfigError, FunclensError, ModelCfg, StudyCfg,
-                             load_study_toml, preset_study)
+from funclens.config import (DATASETS, MAX_EPOCHS, PRESET_ARCHS, ConfigError, FunclensError, ModelCfg, StudyCfg,
+                             canonical_json, load_study_toml, preset_study, stored_configs)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="Is the compressed model still the same function as the original?")
 _DEBUG = False
 
@@ -40,7 +44,10 @@ def _err(msg: str) -> None:
 def _resolve_studies(toml: Optional[Path], preset: Optional[str], dataset: Optional[str], arch: Optional[str],
                      epochs: Optional[int], train_subset: Optional[int], test_subset: Optional[int],
                      allow_modified_data: bool = False) -> tuple[str, list[StudyCfg]]:
-    """The studies one command runs: one per architecture of a multi-architecture preset."""
+    """The studies one command runs (one per architecture of a multi-architecture preset), and the name of
+    their default output folder: the preset's or study file's name, or, when a flag changed what the preset or
+    file asks for, ``<name>-reduced-<8 hex of the changed studies' canonical config>``, so that a reduced run
+    never mixes with the full one."""
     if toml is not None:
         if preset:
             raise ConfigError("give a study file or --preset, not both")
@@ -52,6 +59,8 @@ def _resolve_studies(toml: Optional[Path], preset: Optional[str], dataset: Optio
             raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESET_ARCHS)}")
         archs = (arch,) if arch else PRESET_ARCHS[name]
         bases = [preset_study(name, a) for a in archs]
+    # a preset asks for its own architectures only: any other one is a change
+    changed = toml is None and arch is not None and arch not in PRESET_ARCHS[name]
     studies = []
     for s in bases:
         data = s.data
@@ -63,7 +72,7 @@ def _resolve_studies(toml: Optional[Path], preset: Optional[str], dataset: Optio
             data = dataclasses.replace(data, test_subset=test_subset)
         if data != s.data:
             data = dataclasses.replace(data, content="")  # a pinned content holds for the study's own data only
-        if allow_modified_data:
+        if allow_modified_data:   # which files may be read, not what is computed: no reduction
             data = dataclasses.replace(data, allow_modified=True)
         model = ModelCfg(arch) if arch else s.model
         train = s.train
@@ -72,32 +81,66 @@ def _resolve_studies(toml: Optional[Path], preset: Optional[str], dataset: Optio
                 raise ConfigError(f"--epochs must be in 1..{MAX_EPOCHS}, got {epochs}")
             train = dataclasses.replace(train, epochs=epochs)
         studies.append(s.replace(data=data, model=model, train=train))
+    changed = changed or any(s.replace(data=dataclasses.replace(s.data, allow_modified=b.data.allow_modified)) != b
+                             for s, b in zip(studies, bases))
+    if changed:
+        digest = hashlib.sha256("\n".join(canonical_json(s) for s in studies).encode()).hexdigest()[:8]
+        name = f"{name}-reduced-{digest}"
     return name, studies
 
 
-@app.command()
+# The architectures funclens registers itself, for the help text: listing the registry there would import torch
+# on every start of the command (seconds). tests/test_cli.py holds this to funclens.models.list_models().
+BUILTIN_ARCHS = ("lenet", "mobilenet_v1", "resnet50")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from funclens import __version__
+
+        typer.echo(f"funclens {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                       help="print the version and exit")) -> None:
+    """Is the compressed model still the same function as the original?"""
+
+
+@app.command(short_help="Train, compress and compare the models of a study, then write its report.")
 def study(
-    study_file: Optional[Path] = typer.Argument(None, help="study config (TOML); default: --preset"),
-    preset: Optional[str] = typer.Option(None, help=f"one of {', '.join(PRESET_ARCHS)} (default quick)"),
-    dataset: Optional[str] = typer.Option(None, help="override the data set"),
-    arch: Optional[str] = typer.Option(None, help="override the architecture"),
-    epochs: Optional[int] = typer.Option(None, help="override the number of epochs"),
-    train_subset: Optional[int] = typer.Option(None, help="use the first N training images"),
-    test_subset: Optional[int] = typer.Option(None, help="use the first N test images"),
-    out: Optional[Path] = typer.Option(None, help="output folder (default results/<preset>)"),
-    data_dir: Optional[Path] = typer.Option(None, help="canonical data files (default $FUNCLENS_DATA or ~/.cache/funclens)"),
-    device: str = typer.Option("auto", help="auto, cpu or cuda"),
-    executor: str = typer.Option("local", help="local or ray"),
-    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start or join a local one)"),
-    jobs: int = typer.Option(0, help="runs at once (default: the number of cores; with ray, every ready run), "
-                                     "one thread each"),
-    channels_last: bool = typer.Option(True, help="channels-last memory layout (pays for conv nets on CPU and CUDA)"),
-    offline: bool = typer.Option(False, help="never download data"),
-    wait: bool = typer.Option(False, help="wait for another study holding --out instead of exiting"),
-    no_report: bool = typer.Option(False, help="train and compress only"),
+    study_file: Optional[Path] = typer.Argument(None, metavar="STUDY.toml", show_default=False,
+                                                help="study config (TOML); default: --preset"),
+    preset: Optional[str] = typer.Option(None, metavar="NAME",
+                                         help=f"one of {', '.join(PRESET_ARCHS)} (default: quick)"),
+    dataset: Optional[str] = typer.Option(None, metavar="D",
+                                          help=f"one of {', '.join(DATASETS)} (default: the preset's)"),
+    arch: Optional[str] = typer.Option(None, metavar="A", help=f"a registered model: built in {', '.join(BUILTIN_ARCHS)}"
+                                       " (default: the preset's)"),
+    epochs: Optional[int] = typer.Option(None, metavar="N", help="training epochs (default: the preset's)"),
+    train_subset: Optional[int] = typer.Option(None, metavar="N", help="use the first N training images (default: all)"),
+    test_subset: Optional[int] = typer.Option(None, metavar="N", help="use the first N test images (default: all)"),
+    out: Optional[Path] = typer.Option(None, metavar="DIR", help="output folder (default: results/<preset>; "
+                                       "results/<preset>-reduced-<8 hex> when a flag changes the preset's study)"),
+    data_dir: Optional[Path] = typer.Option(None, metavar="DIR",
+                                            help="canonical data files (default: $FUNCLENS_DATA or ~/.cache/funclens)"),
+    device: str = typer.Option("auto", metavar="auto|cpu|cuda", help="where to train and infer"),
+    executor: str = typer.Option("local", metavar="local|ray", help="local processes, or a Ray cluster"),
+    ray_address: Optional[str] = typer.Option(None, metavar="ADDR",
+                                              help="Ray cluster address (default: start or join a local one)"),
+    jobs: Optional[int] = typer.Option(None, metavar="N", help="runs at once, one thread each (default: the number "
+                                       "of cores; with ray, every ready run)"),
+    channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last",
+                                       help="channels-last memory layout (pays for conv nets on CPU and CUDA)"),
+    offline: bool = typer.Option(False, "--offline", help="never download data"),
+    wait: bool = typer.Option(False, "--wait", help="wait for another study holding --out instead of exiting"),
+    report: bool = typer.Option(True, "--report/--no-report", help="write the report (--no-report: train and "
+                                "compress only)"),
     allow_modified_data: bool = typer.Option(
-        False, help="use data files that match neither the published checksums nor the canonical content "
-                    "(runs are named by the content they hold)"),
+        False, "--allow-modified-data",
+        help="use data files that match neither the published checksums nor the canonical content "
+             "(runs are named by the content they hold)"),
 ) -> None:
     """Train, compress and compare the models of a study, then write its report."""
     from funclens.execute import RunContext, resolve_device
@@ -107,8 +150,8 @@ def study(
                                      allow_modified_data)
     if executor not in ("local", "ray"):
         raise ConfigError(f"--executor must be local or ray, got {executor!r}")
-    if jobs < 0:
-        raise ConfigError("--jobs must be >= 0")
+    if jobs is not None and jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     out = out or Path("results") / name
     # A Ray driver may have no GPU while its workers do: there `cuda` is checked by each task instead.
     dev = "cuda" if (executor == "ray" and device == "cuda") else resolve_device(device)
@@ -116,37 +159,40 @@ def study(
     for s, o in zip(studies, outs):
         ctx = RunContext(out=str(o), data_dir=str(data_dir) if data_dir else None, offline=offline, device=dev,
                          channels_last=channels_last)
-        run_study(s, ctx, jobs=jobs or None, executor=executor, ray_address=ray_address, wait=wait,
-                  report=not no_report)
-    if len(studies) > 1 and not no_report:
+        run_study(s, ctx, jobs=jobs, executor=executor, ray_address=ray_address, wait=wait, report=report)
+    if len(studies) > 1 and report:
         from funclens.report import build_combined_report
 
         html = build_combined_report(out, outs)
         typer.echo(f"combined report: {html}")
 
 
-@app.command()
-def report(out: Path = typer.Argument(..., help="a study's output folder")) -> None:
-    """Rebuild a study's report from its store alone."""
+@app.command(short_help="Rebuild a study's report from its store alone.")
+def report(out: Path = typer.Argument(..., metavar="OUT", show_default=False,
+                                      help="a study's output folder")) -> None:
+    """Rebuild a study's report from its store alone (no model is built: any architecture's study works)."""
     from funclens.report import build_report, build_combined_report
 
-    if paths.study_file(out).is_file():
-        html = build_report(out)
-    else:
-        subs = sorted(p.parent for p in Path(out).glob("*/study.json"))
-        if not subs:
-            raise FunclensError(f"{out} holds no study (no study.json)")
-        for s in subs:
-            build_report(s)
-        html = build_combined_report(out, subs)
+    with stored_configs():
+        if paths.study_file(out).is_file():
+            html = build_report(out)
+        else:
+            subs = sorted(p.parent for p in Path(out).glob("*/study.json"))
+            if not subs:
+                raise FunclensError(f"{out} holds no study (no study.json)")
+            for s in subs:
+                build_report(s)
+            html = build_combined_report(out, subs)
     typer.echo(f"report: {html}")
 
 
-@app.command()
+@app.command(short_help="Distances and RFD of models against a base: run folders or prediction files.")
 def compare(
-    items: List[Path] = typer.Argument(..., help="run folders, or .npy/.npz prediction files [N, C]"),
-    labels: Optional[Path] = typer.Option(None, help=".npy file of test labels [N], for accuracy"),
-    metric: str = typer.Option("disagreement", help="disagreement, js, kl or tv"),
+    items: List[Path] = typer.Argument(..., metavar="A B [C ...]", show_default=False,
+                                       help="the base, then the models compared with it: run folders, or .npy/.npz "
+                                            "prediction files [N, C]; indep:X marks an independent model"),
+    labels: Optional[Path] = typer.Option(None, metavar="Y.npy", help=".npy file of test labels [N], for accuracy"),
+    metric: str = typer.Option("disagreement", metavar="disagreement|js|kl|tv", help="the distance behind RFD"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
     fail_if: Optional[List[str]] = typer.Option(
         None, "--fail-if", help="exit 3 when a compared model meets this condition, e.g. 'rfd_hi>0.5' or "
@@ -154,13 +200,15 @@ def compare(
 ) -> None:
     """Distances and RFD between models: the first is the base, the rest are compared with it.
 
-    Independent models (for RFD's denominator) are passed with an ``indep:`` prefix, e.g.
-    ``funclens compare base.npy q8.npy indep:seed1.npy indep:seed2.npy``.
+    Independent models (for RFD's denominator) are passed with an indep: prefix, e.g.
+
+        funclens compare base.npy q8.npy indep:seed1.npy indep:seed2.npy
     """
     from funclens.compare import compare_items, gate, parse_condition, render
 
     conditions = [parse_condition(c) for c in fail_if or []]   # before reading any file
-    result = compare_items(items, labels=labels, metric=metric)
+    with stored_configs():   # run folders are read, no model is built
+        result = compare_items(items, labels=labels, metric=metric)
     tripped = gate(result, conditions)
     typer.echo(render(result, as_json=as_json))
     if tripped:
@@ -186,22 +234,35 @@ def attribute(
                + f"); {paths.attribution_table(out)}")
 
 
-@app.command()
-def datasets(data_dir: Optional[Path] = typer.Option(None, help="canonical data files folder")) -> None:
-    """List the known data sets, where their files are, and whether they are present."""
+@app.command(short_help="List the known data sets, where their files are, and whether they are present.")
+def datasets(data_dir: Optional[Path] = typer.Option(None, metavar="DIR", help="canonical data files (default: "
+                                                     "$FUNCLENS_DATA or ~/.cache/funclens)"),
+             offline: bool = typer.Option(False, "--offline",
+                                          help="as a study with --offline would see them: nothing is downloaded")
+             ) -> None:
+    """List the known data sets, where their files are, and whether they are present.
+
+    On a terminal, a table; otherwise (piped, redirected) one tab-separated line per data set, nothing cut.
+    """
+    from funclens.data import dataset_status
+
+    rows = dataset_status(data_dir, offline=offline)
+    if not sys.stdout.isatty():
+        for row in rows:
+            typer.echo("\t".join(row))
+        return
     from rich.console import Console
     from rich.table import Table
 
-    from funclens.data import dataset_status
-
     t = Table("dataset", "where", "state")
-    for row in dataset_status(data_dir):
+    for row in rows:
         t.add_row(*row)
     Console().print(t)
 
 
-@app.command()
-def verify(out: Path = typer.Argument(..., help="a study's output folder")) -> None:
+@app.command(short_help="Check every finished run of a study against the checksums it recorded.")
+def verify(out: Path = typer.Argument(..., metavar="OUT", show_default=False,
+                                      help="a study's output folder")) -> None:
     """Check a study's store: every run against its DONE, the plan's unfinished runs, the report's files."""
     from funclens.store import Store
 
@@ -209,10 +270,11 @@ def verify(out: Path = typer.Argument(..., help="a study's output folder")) -> N
     if not stores:
         raise FunclensError(f"{out} holds no runs")
     problems, checked = [], 0
-    for s in stores:
-        found, n = Store(s).verify()
-        problems += found
-        checked += n
+    with stored_configs():
+        for s in stores:
+            found, n = Store(s).verify()
+            problems += found
+            checked += n
     for p in problems:
         typer.echo(p, err=True)
     if problems:
@@ -263,8 +325,25 @@ def main(argv: list[str] | None = None) -> int:
     return rc
 
 
-def _run(args: list[str]) -> int:
+def _command() -> typer.core.TyperGroup:
+    """The click command of ``app``, with arguments shown by their metavar alone (``OUT``, ``[STUDY.toml]``,
+    ``A B [C ...]``): typer would add the Python type (``<list[Path]>``) and braces, which tell a user nothing."""
     cmd = typer.main.get_command(app)
+    for sub in cmd.commands.values():
+        for p in sub.params:
+            if isinstance(p, typer.core.TyperArgument):
+                p.display_type = lambda ctx: ""
+                shown = p.metavar if p.required else f"[{p.metavar}]"
+                p._usage_display_name = lambda shown=shown: shown
+    return cmd
+
+
+def _run(args: list[str]) -> int:
+    cmd = _command()
+    if not args:   # bare `funclens`: the help, as asked for, not an error
+        with cmd.make_context("funclens", ["--help"], resilient_parsing=True) as ctx:
+            typer.echo(cmd.get_help(ctx))
+        return 0
     try:
         rc = cmd.main(args=args, prog_name="funclens", standalone_mode=False)
         return rc if isinstance(rc, int) else 0
@@ -276,7 +355,9 @@ def _run(args: list[str]) -> int:
             if type(e).__name__ == "Abort":
                 _err("aborted")
                 return 130
-            _err(e.format_message())
+            # an unknown option alone: click's guesses ("Possible options: ...") list any option sharing a
+            # few letters, which misleads more than it helps
+            _err(f"No such option: {e.option_name}" if type(e).__name__ == "NoSuchOption" else e.format_message())
             return 2
         if _DEBUG:
             traceback.print_exc()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import operator
+import os
 import re
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -160,9 +161,10 @@ def read_run(folder: Path) -> Item:
         CompareError: the folder is not a run folder.
     """
     folder = Path(folder)
-    if folder.parent.name != "runs":
+    where = Path(os.path.abspath(folder))   # `train_x` given from inside runs/ names runs/train_x too
+    if where.parent.name != "runs":
         raise CompareError(f"{folder}: not a run folder (expected .../runs/<id>)")
-    store, rid = Store(folder.parent.parent), folder.name
+    store, rid = Store(where.parent.parent), where.name
     if not store.is_done(rid):
         raise StoreError(f"run {rid} is not finished (no DONE); run `funclens study` first")
     problems = store.verify_run(rid)

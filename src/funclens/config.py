@@ -14,6 +14,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import json
@@ -26,7 +28,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Iterator, Union
 
 from funclens.errors import ConfigError, FunclensError  # noqa: F401  (re-exported)
 
@@ -98,11 +100,37 @@ class DataCfg:
                f"content must be a sha256 in hex (64 characters), got {self.content!r}")
 
 
+# Set while configs are read back from a store: see stored_configs().
+_READING_STORED: contextvars.ContextVar[bool] = contextvars.ContextVar("funclens_reading_stored", default=False)
+
+
+@contextlib.contextmanager
+def stored_configs() -> Iterator[None]:
+    """Within this block, configs are read without checking ``model.arch`` against the model registry.
+
+    A study's report and checks read its stored configs and build no model, so they must work in a process
+    that has not registered the study's architecture (one registered from Python, in the process that ran it).
+    Every other check still applies.
+
+    Example:
+        >>> with stored_configs():
+        ...     ModelCfg("my_own_net").arch
+        'my_own_net'
+    """
+    token = _READING_STORED.set(True)
+    try:
+        yield
+    finally:
+        _READING_STORED.reset(token)
+
+
 @dataclass(frozen=True)
 class ModelCfg:
     arch: str = field(default="lenet", metadata={"help": "registered model name (funclens.models.list_models())"})
 
     def __post_init__(self) -> None:
+        if _READING_STORED.get():
+            return   # a stored study's arch was checked when it ran; reading it builds no model
         from funclens.models import list_models  # late: models import torch
 
         _check(self.arch in list_models(), f"unknown arch {self.arch!r}; known: {', '.join(list_models())}")
@@ -116,7 +144,9 @@ class TrainCfg:
     lr: float = field(default=0.01, metadata={"help": "learning rate per step (not scaled with batch size)"})
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
     weight_decay: float = field(default=0.0, metadata={"help": "L2 penalty"})
-    seed: int = field(default=0, metadata={"help": "seeds initial weights (unless distilled from base-init) and data order"})
+    seed: int = field(default=0, metadata={
+        "help": "seeds initial weights (unless distilled from base-init) and data order; leave 0 in a study file: "
+                "its seeds set it"})
     precision: str = field(default="fp32", metadata={
         "help": "fp32, or bf16: forward passes under bf16 autocast on the CPU or CUDA (weights, loss and "
                 "optimizer stay fp32; changes the function: see a study's precision_check)"})
@@ -191,13 +221,13 @@ class RunSpec:
     """One run. ``train`` runs have ``train`` (and ``distill`` for students); post-hoc runs have
     ``parent`` (the run they compress) and ``compress``."""
 
-    kind: str
-    data: DataCfg
-    model: ModelCfg
-    train: TrainCfg | None = None
-    distill: DistillCfg | None = None
-    parent: str | None = None
-    compress: QuantCfg | PruneCfg | None = None
+    kind: str = field(metadata={"help": "train, quantize or prune; the id's prefix"})
+    data: DataCfg = field(metadata={"help": "the data the run trains or is evaluated on"})
+    model: ModelCfg = field(metadata={"help": "the architecture"})
+    train: TrainCfg | None = field(default=None, metadata={"help": "training runs: the recipe"})
+    distill: DistillCfg | None = field(default=None, metadata={"help": "students: the teacher and the KD loss"})
+    parent: str | None = field(default=None, metadata={"help": "post-hoc runs: the id of the run compressed"})
+    compress: QuantCfg | PruneCfg | None = field(default=None, metadata={"help": "post-hoc runs: the method"})
 
     def __post_init__(self) -> None:
         _check(self.kind in RUN_KINDS, f"run kind must be one of {RUN_KINDS}")
@@ -310,8 +340,9 @@ def from_dict(cls: type, data: Any) -> Any:
 class DistillGrid:
     alphas: tuple[float, ...] = field(default=(0.1, 0.5, 0.9), metadata={"help": "one student per alpha and seed"})
     seeds: tuple[int, ...] = field(default=(2, 24, 42), metadata={"help": "student seeds"})
-    temperature: float = 3.0
-    init: str = "base-init"
+    temperature: float = field(default=3.0, metadata={"help": "softmax temperature T of the KD term"})
+    init: str = field(default="base-init", metadata={
+        "help": "base-init: students start from the base's own initial weights; fresh: from their own seed"})
     control: bool = field(default=True, metadata={
         "help": "also distil from an independent model (same recipe, alpha 0.5, first seed): the random control"})
 
@@ -333,16 +364,21 @@ class DistillGrid:
 class StudyCfg:
     """One dataset x one architecture x the methods to compare (one column block of the paper's tables)."""
 
-    name: str = "quick"
-    data: DataCfg = DataCfg()
-    model: ModelCfg = ModelCfg()
-    train: TrainCfg = TrainCfg()
+    name: str = field(default="quick", metadata={
+        "help": "the study's name, in its report and its default output folder results/NAME"})
+    data: DataCfg = field(default=DataCfg(), metadata={"help": "the data set"})
+    model: ModelCfg = field(default=ModelCfg(), metadata={"help": "the architecture"})
+    train: TrainCfg = field(default=TrainCfg(), metadata={"help": "how every model is trained (students too)"})
     seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "independent models; the first is the base"})
-    distill: DistillGrid = DistillGrid()
-    quantize: tuple[str, ...] = field(default=("16-bit", "8-bit"), metadata={"help": "quantization schemes"})
-    prune: tuple[float, ...] = field(default=(0.1, 0.3, 0.5, 0.7, 0.9), metadata={"help": "per-layer L1 amounts"})
-    prune_global: tuple[float, ...] = field(default=(), metadata={"help": "global L1 amounts"})
-    metric: str = field(default="disagreement", metadata={"help": "distance behind RFD and verdicts"})
+    distill: DistillGrid = field(default=DistillGrid(), metadata={"help": "the self-distilled students"})
+    quantize: tuple[str, ...] = field(default=("16-bit", "8-bit"), metadata={
+        "help": "post-hoc quantization schemes, each one of " + ", ".join(QUANT_SCHEMES)})
+    prune: tuple[float, ...] = field(default=(0.1, 0.3, 0.5, 0.7, 0.9), metadata={
+        "help": "post-hoc L1 pruning, each layer alone: fractions of weights set to zero, in (0, 1)"})
+    prune_global: tuple[float, ...] = field(default=(), metadata={
+        "help": "post-hoc L1 pruning with one threshold over all layers: fractions, in (0, 1)"})
+    metric: str = field(default="disagreement", metadata={
+        "help": "the distance behind RFD and verdicts: disagreement, js, kl or tv"})
     precision_check: bool = field(default=False, metadata={
         "help": "also train a bf16 twin of the base and of each independent (same seed, same data order) "
                 "and report how far each moved from its fp32 self, against the fp32 yardstick"})
@@ -386,6 +422,50 @@ class StudyCfg:
 
     def replace(self, **changes: Any) -> "StudyCfg":
         return dataclasses.replace(self, **changes)
+
+
+# ---------------------------------------------------------------- the study file's reference
+
+def _toml_value(v: Any) -> str:
+    """A default as it is written in a study file."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (tuple, list)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, str):
+        return json.dumps(v)
+    return repr(v)
+
+
+def _reference_rows(cls: type) -> list[str]:
+    rows = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.default):
+            continue   # a table of its own
+        hint = typing.get_type_hints(cls)[f.name]
+        kind = ("list of " + typing.get_args(hint)[0].__name__) if typing.get_origin(hint) is tuple else hint.__name__
+        meaning = f.metadata["help"].replace("|", "\\|")   # a bare | would end the table's cell
+        rows.append(f"| `{f.name}` | {kind} | `{_toml_value(f.default)}` | {meaning} |")
+    return rows
+
+
+def reference_markdown() -> str:
+    """The study file's reference, in Markdown: every key of every table, its type, default and meaning, from
+    the ``help`` of the config's fields. README.md holds it between markers; a test keeps the two equal.
+
+    Example:
+        >>> print(reference_markdown().splitlines()[2])
+        | key | type | default | meaning |
+    """
+    head = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    top = [f"| `preset` | str | (none) | start from this preset's study: one of {', '.join(PRESET_ARCHS)}; the "
+           "other keys change it |"]
+    out = ["Top level (defaults are those of `StudyCfg`, or of the preset named):", "", *head, *top,
+           *_reference_rows(StudyCfg)]
+    for f in dataclasses.fields(StudyCfg):
+        if dataclasses.is_dataclass(f.default):
+            out += ["", f"`[{f.name}]`: {f.metadata['help']}", "", *head, *_reference_rows(type(f.default))]
+    return "\n".join(out) + "\n"
 
 
 def read_at_most(fd: int, limit: int) -> bytes:

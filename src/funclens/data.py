@@ -665,11 +665,22 @@ def check_model_fits(arch: str, data: Dataset) -> None:
                         f"not {data.num_classes} classes")
 
 
-def dataset_status(data_dir: Path | None = None) -> list[tuple[str, str, str]]:
-    """(name, where, state) for every known data set, for `funclens datasets`."""
+def dataset_status(data_dir: Path | None = None, *, offline: bool = False) -> list[tuple[str, str, str]]:
+    """(name, where, state) for every known data set, for `funclens datasets`.
+
+    Args:
+        data_dir: the canonical data folder (default ``$FUNCLENS_DATA`` or ``~/.cache/funclens``).
+        offline: as a study with ``--offline`` sees them: a missing set is "missing", never "downloaded on
+            first use".
+
+    Example:
+        >>> dataset_status(offline=True)[0]
+        ('digits', 'scikit-learn (embedded)', 'present')
+    """
+    missing = "missing" if offline else "missing (downloaded on first use)"
     rows = [("digits", "scikit-learn (embedded)", "present")]
     for name in DATASETS[1:]:
         folder = find_dataset(name, data_dir)
         where = str(folder) if folder else str((Path(data_dir) if data_dir else default_data_dir()) / FOLDERS[name])
-        rows.append((name, where, "present" if folder else "missing (downloaded on first use)"))
+        rows.append((name, where, "present" if folder else missing))
     return rows

@@ -1,8 +1,8 @@
 """All-pairs distance matrices ``[M, M]`` between M prediction arrays, chunked so memory stays bounded, and
 the Gram matrix of sqrt-probabilities that :mod:`funclens.landscape` embeds.
 
-Pure functions of arrays, as :mod:`funclens.metrics` (whose definitions and units they follow): nothing here
-opens a file.
+Pure functions of arrays, as :mod:`funclens.metrics` (whose definitions, units and checks they follow: logits
+are refused, see :func:`funclens.metrics.require_probabilities`): nothing here opens a file.
 
 Example:
     >>> import numpy as np
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from funclens.errors import MetricsError
-from funclens.metrics import KL_EPS, check_metric, check_same_shape
+from funclens.metrics import KL_EPS, check_metric, check_same_shape, require_probabilities
 
 # Working-set targets for the chunked kernels, in array elements (float32: x4 bytes, float64: x8).
 _GRAM_ELEMS = 1 << 23       # one [M, n*C] float64 chunk for the Gram products: 64 MiB
@@ -61,6 +61,8 @@ class _Stack:
         self.m, self.n, self.c = self.shape
         if self.m == 0 or self.n == 0:
             raise MetricsError(f"no predictions to compare (shape {self.shape})")
+        for i, p in enumerate(self.items):
+            require_probabilities(p, f"predictions[{i}]")
 
     def block(self, n0: int, n1: int, dtype: type = np.float32) -> np.ndarray:
         """Inputs n0:n1 of every model, converted: [M, n1 - n0, C]."""

@@ -2,6 +2,7 @@
 independently trained models are from it; its bootstrap interval, one-sided p-value and verdict.
 
 This is the one place RFD is computed: the report, ``funclens compare`` and the Python API all call :func:`rfd`.
+Predictions must be probabilities; logits are refused (see :func:`funclens.metrics.require_probabilities`).
 
 ``RFD = d(base, model) / mean_i d(base, independent_i)`` with ``d`` one of :data:`funclens.metrics.METRICS`.
 About 0: the base's own function; about 1: as different as a model trained from scratch with another seed.

@@ -72,9 +72,11 @@ def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int | None = None, exec
         FunclensError: a run failed on its input (exit 2); RuntimeError: a run failed on a fault of
             funclens (exit 1). Finished runs are kept either way.
     """
+    # Read the data before any folder is made: a missing or damaged file is one clear error that leaves
+    # nothing behind.
+    study = pin_data(study, ctx)
     store = Store(Path(ctx.out))
     store.ensure_writable()
-    study = pin_data(study, ctx)
     planned = plan(study)
     specs = [p.spec for p in planned]
     jobs = jobs or (len(specs) if executor == "ray" else os.cpu_count() or 1)
