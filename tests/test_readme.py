@@ -62,7 +62,7 @@ def help_options(command: str) -> set[str]:
     return set(re.findall(r"(--[a-z][a-z-]*)", r.stdout.split("Options:")[1])) - {"--help"}
 
 
-@pytest.mark.parametrize("command", ["study", "report", "compare", "datasets", "verify"])
+@pytest.mark.parametrize("command", ["study", "report", "compare", "attribute", "datasets", "verify"])
 def test_synopsis_lists_every_option(command):
     listed = set(re.findall(r"(--[a-z][a-z-]*)", synopsis()[command]))
     assert help_options(command) == listed

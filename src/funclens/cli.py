@@ -195,7 +195,7 @@ def compare(
     metric: str = typer.Option("disagreement", metavar="disagreement|js|kl|tv", help="the distance behind RFD"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
     fail_if: Optional[List[str]] = typer.Option(
-        None, "--fail-if", help="exit 3 when a compared model meets this condition, e.g. 'rfd_hi>0.5' or "
+        None, "--fail-if", metavar="COND", help="exit 3 when a compared model meets this condition, e.g. 'rfd_hi>0.5' or "
                                 "'flips>0.01' (rfd, rfd_hi, flips, disagreement, kl; <, <=, >, >=); repeatable"),
 ) -> None:
     """Distances and RFD between models: the first is the base, the rest are compared with it.
@@ -216,13 +216,13 @@ def compare(
         raise typer.Exit(3)
 
 
-@app.command()
+@app.command(short_help="Which layer's compression moves the function, layer by layer.")
 def attribute(
     run: Path = typer.Argument(..., help="a finished training run's folder, STUDY/runs/<id>"),
     compress: str = typer.Option(..., help="8-bit, 4-bit, 16-bit, bf16, prune:AMOUNT or prune:global:AMOUNT"),
     out: Path = typer.Option(..., help="folder for attribution.csv and attribution.png"),
     data_dir: Optional[Path] = typer.Option(None, help="canonical data files (default $FUNCLENS_DATA)"),
-    offline: bool = typer.Option(False, help="never download data"),
+    offline: bool = typer.Option(False, "--offline", help="never download data"),
 ) -> None:
     """Which layer's compression moves the function: each layer compressed alone, and all but one, ranked."""
     from funclens.attribute import attribute_run, parse_compress
@@ -333,7 +333,8 @@ def _command() -> typer.core.TyperGroup:
         for p in sub.params:
             if isinstance(p, typer.core.TyperArgument):
                 p.display_type = lambda ctx: ""
-                shown = p.metavar if p.required else f"[{p.metavar}]"
+                name = p.metavar or (p.name or "").upper()   # an argument without a metavar shows its name
+                shown = name if p.required else f"[{name}]"
                 p._usage_display_name = lambda shown=shown: shown
     return cmd
 
