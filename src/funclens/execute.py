@@ -87,7 +87,8 @@ def preload_dataset(cfg: DataCfg, ctx: RunContext) -> Dataset:
         >>> preload_dataset(DataCfg("digits"), RunContext(out=".")).num_classes
         10
     """
-    key = (cfg.dataset, cfg.train_subset, cfg.test_subset, ctx.data_dir)  # the content pin reuses the load
+    # the content pin reuses the load
+    key = (cfg.dataset, cfg.train_subset, cfg.test_subset, cfg.image_size, ctx.data_dir)
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()  # one data set at a time per process: CIFAR takes 180 MB
         _DATA_CACHE[key] = load_from_cfg(cfg, Path(ctx.data_dir) if ctx.data_dir else None, ctx.offline)
