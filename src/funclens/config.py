@@ -199,7 +199,8 @@ class DistillCfg:
     init_run: str = field(default="", metadata={"help": "base-init: the run whose initial weights (default: the teacher)"})
 
     def __post_init__(self) -> None:
-        _check(self.teacher.startswith("train_"), f"teacher must be a training run id, got {self.teacher!r}")
+        _check(self.teacher.startswith(("train_", "given_")),
+               f"teacher must be a training or given run id, got {self.teacher!r}")
         _check(_finite(self.alpha) and 0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}")
         _check(_finite(self.temperature) and self.temperature > 0,
                f"temperature must be a finite number > 0, got {self.temperature}")

@@ -142,7 +142,7 @@ def execute_run(spec: RunSpec, ctx: RunContext, progress: ProgressFn | None = No
     if spec.kind == "train":
         _train_run(spec, ctx, store, data, progress)
     else:
-        _compress_run(spec, ctx, store, data)
+        (_given_run if spec.kind == "given" else _compress_run)(spec, ctx, store, data)
         if progress is not None:
             progress(rid, 1, 1, 1, 1)
     return rid
@@ -192,6 +192,24 @@ def _compress_run(spec: RunSpec, ctx: RunContext, store: Store, data: Dataset) -
     store.finish(rid, state_dict=cmodel.state_dict() if info.loadable else None, packed=info.packed,
                  metrics={**m, **info.to_json(), "device": "cpu", "precision": "fp32",
                           "channels_last": ctx.channels_last, "test_images": len(data.test_x)})
+
+
+def _given_run(spec: RunSpec, ctx: RunContext, store: Store, data: Dataset) -> None:
+    """A model the user already has: its predictions, from the checkpoint as the study pinned it."""
+    from funclens.checkpoints import load_checkpoint
+    from funclens.train import evaluate
+
+    assert spec.given is not None
+    model, sha = load_checkpoint(spec.given.checkpoint, spec.model.arch, in_shape=data.in_shape,
+                                 num_classes=data.num_classes, sha256=spec.given.sha256)
+    model.to(ctx.device)
+    if ctx.channels_last:
+        model.to(memory_format=torch.channels_last)
+    probs, m = evaluate(model, data, device=ctx.device, channels_last=ctx.channels_last)
+    store.save_preds(spec.run_id, 0, probs)
+    store.finish(spec.run_id, state_dict=model.state_dict(), metrics={
+        **m, "checkpoint": spec.given.checkpoint, "checkpoint_sha256": sha, "device": ctx.device,
+        "precision": "fp32", "channels_last": ctx.channels_last, "test_images": len(data.test_x)})
 
 
 KILL_AFTER_ENV = "FUNCLENS_KILL_AFTER"

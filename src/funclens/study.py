@@ -51,6 +51,10 @@ def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int | None = None, exec
     """
     if study.train.precision == "bf16" and ctx.device != "cuda":
         raise FunclensError("precision bf16 (autocast) runs on CUDA only; use --device cuda or precision fp32")
+    from funclens.checkpoints import pin_checkpoints
+    from funclens.models import check_arch
+
+    check_arch(study.model.arch)  # a factory that cannot be imported fails before the data are read
     store = Store(Path(ctx.out))
     store.ensure_writable()
     # Read the data once here: a missing or damaged file is one clear error before any run starts,
@@ -60,10 +64,15 @@ def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int | None = None, exec
     # never reuses runs trained on the old ones. A model that cannot take the images fails here once.
     study = study.replace(data=identified(study.data, data))
     check_model_fits(study.model.arch, data)
+    # A given base or yardstick is named by its files' bytes: a changed file is another run.
+    study = study.replace(base=pin_checkpoints(study.base, study.model.arch, data))
     planned = plan(study)
+    console = Console(stderr=True)
+    if study.base.checkpoint and study.distill.init == "base-init" and study.distill.alphas:
+        console.print("note: students start fresh: a given base has no initial weights to start them from",
+                      highlight=False, soft_wrap=True)
     specs = [p.spec for p in planned]
     jobs = jobs or (len(specs) if executor == "ray" else os.cpu_count() or 1)
-    console = Console(stderr=True)
     with store.lock(wait=wait):
         store.write_study(study_record(study, planned))
         # No refresh thread: the pool backend forks its workers, and a thread caught holding the
