@@ -1,7 +1,8 @@
 """funclens: is the compressed model still the same function as the original?
 
-RFD, its interval and verdict: :func:`funclens.rfd.rfd`. ``compare_predictions`` is imported on first use, so
-that ``import funclens`` (and the command's start) does not wait for torch.
+RFD, its interval and verdict: :func:`funclens.rfd.rfd`. ``compare_predictions`` (arrays of predictions) and
+``compare_models`` (models run on test tensors) are imported on first use, so that ``import funclens`` (and the
+command's start) does not wait for torch.
 
 Example:
     >>> import numpy as np, funclens
@@ -13,7 +14,7 @@ Example:
 __version__ = "0.1.0"
 
 # public name -> the module that defines it
-_API = {"compare_predictions": "funclens.compare"}
+_API = {"compare_predictions": "funclens.compare", "compare_models": "funclens.modelcompare"}
 
 
 def __getattr__(name: str):
