@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import pickle
 import shutil
@@ -26,6 +27,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import warnings
+import zipfile
 import zlib
 import dataclasses
 from dataclasses import dataclass
@@ -451,27 +453,42 @@ NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 _GRAY_MODES = ("1", "L", "I", "I;16", "F")  # PIL modes with one channel of intensity
 
 
-def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of an npz file, with no pickle and within the size bound, its members' declared sizes
-    checked before any is inflated (a small zip can declare gigabytes)."""
-    import zipfile
+def _npy_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, what: str) -> np.ndarray:
+    """One array of an npz, its header checked against the member's size before any data is allocated:
+    numpy would allocate whatever shape a header declares, and a 200-byte member can declare terabytes."""
+    with z.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise DataError(f"{what}: .npy format version {version} is not supported")
+        fmt = np.lib.format
+        shape, fortran, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+        if dtype.hasobject:
+            raise DataError(f"{what}: holds Python objects, which only a pickle can load (allow_pickle=False)")
+        declared = math.prod(int(d) for d in shape) * dtype.itemsize  # Python ints: no overflow
+        if declared > info.file_size - f.tell():
+            raise DataError(f"{what}: its header declares {declared} bytes of data, more than the member holds")
+        data = f.read(declared)
+    if len(data) != declared:
+        raise DataError(f"{what}: truncated ({len(data)} of {declared} bytes)")
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
 
+
+def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an npz data set, read with no pickle, the file and each array within the size bound."""
     _check_regular(path, MAX_OWN_BYTES)
     try:
         with zipfile.ZipFile(path) as z:
-            declared = sum(i.file_size for i in z.infolist())
-            if declared > MAX_OWN_BYTES:
-                raise DataError(f"{path}: its arrays declare {declared} bytes, over the {MAX_OWN_BYTES}-byte limit")
-        with np.load(path, allow_pickle=False) as npz:
-            wanted = [k for k in (*NPZ_KEYS, "classes") if k in npz.files]
-            missing = [k for k in NPZ_KEYS if k not in npz.files]
+            members = {i.filename[:-4]: i for i in z.infolist() if i.filename.endswith(".npy")}
+            missing = [k for k in NPZ_KEYS if k not in members]
             if missing:
                 raise DataError(f"{path}: missing array(s) {', '.join(missing)}; an npz data set holds "
                                 f"{', '.join(NPZ_KEYS)} (and optionally classes)")
-            return {k: npz[k] for k in wanted}
-    except DataError:
-        raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # object arrays need pickle
+            wanted = [k for k in (*NPZ_KEYS, "classes") if k in members]
+            declared = sum(members[k].file_size for k in wanted)
+            if declared > MAX_OWN_BYTES:  # sizes from the zip directory, before anything is inflated
+                raise DataError(f"{path}: its arrays declare {declared} bytes, over the {MAX_OWN_BYTES}-byte limit")
+            return {k: _npy_member(z, members[k], f"{path}: {k}") for k in wanted}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise DataError(f"{path}: not a readable npz of plain arrays ({type(e).__name__}: {e})") from None
 
 
