@@ -150,7 +150,9 @@ def test_a_given_checkpoint_is_the_base_compressed_and_compared_without_training
     shutil.copy(tmp_path / "a" / "runs" / base_a / "model.pt", tmp_path / "base.pt")
     run_study(small(base=BaseCfg(checkpoint=str(tmp_path / "base.pt"))), RunContext(out=str(tmp_path / "b")),
               jobs=1, report=False)
-    runs = json.loads((tmp_path / "b" / "study.json").read_text())["runs"]
+    rec = json.loads((tmp_path / "b" / "study.json").read_text())
+    runs = rec["runs"]
+    assert rec["study"]["distill"]["init"] == "fresh"  # recorded as the students start
     base_b = runs[0]["run"]
     assert runs[0]["role"] == "base" and base_b.startswith("given_") and runs[0]["setting"] == "base.pt"
     store_b = Store(tmp_path / "b")
@@ -192,6 +194,12 @@ def test_given_independents_and_fresh_students(tmp_path):
     assert [p.spec.distill.teacher for p in students] == [runs[0].run_id, runs[1].run_id]
     with pytest.raises(ConfigError, match="planned once"):
         plan(small(base=BaseCfg(checkpoint=files[0])))
+    # two files of one name are told apart by their paths: each is its own row
+    (tmp_path / "other").mkdir()
+    shutil.copy(files[1], tmp_path / "other" / "m1.pt")
+    two = pin_checkpoints(BaseCfg(checkpoint=files[0], independents=(files[1], str(tmp_path / "other" / "m1.pt"))),
+                          "lenet", load_dataset("digits"))
+    assert [p.setting for p in plan(small(base=two))[1:3]] == [files[1], str(tmp_path / "other" / "m1.pt")]
 
 
 # ---------------------------------------------------------------- bad input: exit 2, one line

@@ -98,7 +98,7 @@ def preload_dataset(cfg: DataCfg, ctx: RunContext) -> Dataset:
 _TEACHER_CACHE: dict[tuple, torch.Tensor] = {}
 
 
-def _teacher_logits(store: Store, teacher_id: str, data_cfg: DataCfg, data: Dataset,
+def _teacher_logits(store: Store, teacher_id: str, arch: str, data_cfg: DataCfg, data: Dataset,
                     ctx: RunContext) -> torch.Tensor:
     """The teacher's logits on the training set, on the run's device, computed once per process and teacher.
 
@@ -109,18 +109,19 @@ def _teacher_logits(store: Store, teacher_id: str, data_cfg: DataCfg, data: Data
     """
     from funclens.train import infer
 
-    key = (ctx.out, teacher_id, data_cfg, ctx.data_dir, ctx.device, ctx.channels_last)
+    key = (ctx.out, teacher_id, arch, data_cfg, ctx.data_dir, ctx.device, ctx.channels_last)
     if key not in _TEACHER_CACHE:
         _TEACHER_CACHE.clear()  # one teacher at a time: CIFAR-100 logits take 20 MB
-        teacher = _load_model(store, teacher_id, data).to(ctx.device)
+        teacher = _load_model(store, teacher_id, arch, data).to(ctx.device)
         _TEACHER_CACHE[key] = infer(teacher, data.train_x, data, device=ctx.device,
                                     channels_last=ctx.channels_last).to(ctx.device)
     return _TEACHER_CACHE[key]
 
 
-def _load_model(store: Store, run_id: str, data: Dataset) -> torch.nn.Module:
-    spec = store.load_spec(run_id)
-    model = create_model(spec.model.arch, in_shape=data.in_shape, num_classes=data.num_classes)
+def _load_model(store: Store, run_id: str, arch: str, data: Dataset) -> torch.nn.Module:
+    """A finished run's model, built as ``arch``: the architecture of the run being computed (a study's
+    runs share one), never one named in a stored file, from which no factory is ever imported."""
+    model = create_model(arch, in_shape=data.in_shape, num_classes=data.num_classes)
     model.load_state_dict(store.load_model_state(run_id))
     return model
 
@@ -155,7 +156,7 @@ def _train_run(spec: RunSpec, ctx: RunContext, store: Store, data: Dataset, prog
     rid, epochs, device = spec.run_id, spec.train.epochs, torch.device(ctx.device)
     init_state = teacher_logits = None
     if spec.distill is not None:
-        teacher_logits = _teacher_logits(store, spec.distill.teacher, spec.data, data, ctx)
+        teacher_logits = _teacher_logits(store, spec.distill.teacher, spec.model.arch, spec.data, data, ctx)
         if spec.distill.init_source:
             init_state = store.load_init(spec.distill.init_source)
 
@@ -184,7 +185,7 @@ def _compress_run(spec: RunSpec, ctx: RunContext, store: Store, data: Dataset) -
 
     rid = spec.run_id
     assert spec.parent is not None and spec.compress is not None
-    model = _load_model(store, spec.parent, data)
+    model = _load_model(store, spec.parent, spec.model.arch, data)
     cmodel, info = compress(model, spec.compress)
     # torch's quantized modules run on the CPU only
     probs, m = evaluate(cmodel, data, device="cpu", channels_last=ctx.channels_last)

@@ -72,12 +72,16 @@ def _reference(study: StudyCfg) -> list[PlannedRun]:
         spec = RunSpec("train", study.data, study.model, dataclasses.replace(study.train, seed=seed))
         return PlannedRun(spec, "independent", f"seed={seed}", seed)
 
-    def given(path: str, sha256: str) -> PlannedRun:
-        # named by the file, as the paper's columns are by seed
-        spec = RunSpec("given", study.data, study.model, given=GivenCfg(checkpoint=path, sha256=sha256))
-        return PlannedRun(spec, "independent", PurePath(path).name)
-
     b = study.base
+    names = [PurePath(f).name for f in b.files]
+
+    def given(path: str, sha256: str) -> PlannedRun:
+        # Named by the file, as the paper's columns are by seed; by its path where two files share a name,
+        # since runs of one setting are averaged into one row.
+        spec = RunSpec("given", study.data, study.model, given=GivenCfg(checkpoint=path, sha256=sha256))
+        name = PurePath(path).name
+        return PlannedRun(spec, "independent", name if names.count(name) == 1 else path)
+
     if not b.checkpoint:
         runs = [trained(s) for s in study.seeds]
     elif not b.sha256:

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -66,11 +67,14 @@ def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int | None = None, exec
     check_model_fits(study.model.arch, data)
     # A given base or yardstick is named by its files' bytes: a changed file is another run.
     study = study.replace(base=pin_checkpoints(study.base, study.model.arch, data))
-    planned = plan(study)
     console = Console(stderr=True)
-    if study.base.checkpoint and study.distill.init == "base-init" and study.distill.alphas:
-        console.print("note: students start fresh: a given base has no initial weights to start them from",
-                      highlight=False, soft_wrap=True)
+    if study.base.checkpoint and study.distill.init == "base-init":
+        # as plan() does it; recorded in the study too, so that its report says how students started
+        study = study.replace(distill=dataclasses.replace(study.distill, init="fresh"))
+        if study.distill.alphas:
+            console.print("note: students start fresh: a given base has no initial weights to start them from",
+                          highlight=False, soft_wrap=True)
+    planned = plan(study)
     specs = [p.spec for p in planned]
     jobs = jobs or (len(specs) if executor == "ray" else os.cpu_count() or 1)
     with store.lock(wait=wait):
