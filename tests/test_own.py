@@ -28,34 +28,13 @@ from test_cli import one_line_error
 
 SRC = Path(funclens.__file__).resolve().parents[1]
 
-FACTORIES = '''
-import torch.nn as nn
-
-
-def small_cnn(in_shape, num_classes):
-    c, h, w = in_shape
-    return nn.Sequential(nn.Conv2d(c, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * h * w, num_classes))
-
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "own"  # the README's "Bring your own" files
+OWN_STUDY = (EXAMPLES / "study.toml").read_text()
+# The example's factory module, with one more factory that builds no model, for the bad-input cases.
+FACTORIES = (EXAMPLES / "mynets.py").read_text() + '''
 
 def not_a_model(in_shape, num_classes):
     return "a model"
-'''
-
-OWN_STUDY = '''
-name = "own"
-seeds = [0, 1]
-quantize = ["8-bit"]
-prune = [0.5]
-[data]
-dataset = "npz:digits.npz"
-[model]
-arch = "mynets:small_cnn"
-[train]
-epochs = 2
-lr = 0.02
-[distill]
-alphas = [0.5]
-seeds = [2]
 '''
 
 
@@ -305,6 +284,16 @@ def test_timm_missing_names_the_extra(monkeypatch):
 
 
 # ---------------------------------------------------------------- compare_models
+
+def test_the_compare_models_example_prints_its_rows():
+    r = subprocess.run([sys.executable, str(EXAMPLES / "compare_models.py")], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert r.returncode == 0, r.stderr
+    lines = [line.split() for line in r.stdout.splitlines()]
+    assert [(w[0], w[2]) for w in lines] == [("fp16", "preserves"), ("independent_1", "independent-like"),
+                                            ("independent_2", "independent-like")]
+
+
 
 def test_compare_models_runs_each_model_in_order_and_gives_compare_predictions_rows():
     from funclens.compress import compress

@@ -467,9 +467,10 @@ def _npy_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, what: str) -> np.ndar
         declared = math.prod(int(d) for d in shape) * dtype.itemsize  # Python ints: no overflow
         if declared > info.file_size - f.tell():
             raise DataError(f"{what}: its header declares {declared} bytes of data, more than the member holds")
-        data = f.read(declared)
-    if len(data) != declared:
-        raise DataError(f"{what}: truncated ({len(data)} of {declared} bytes)")
+        data = bytearray(declared)  # writable, unlike the bytes of read(): torch tensors share it
+        got = f.readinto(data)
+    if got != declared:
+        raise DataError(f"{what}: truncated ({got} of {declared} bytes)")
     return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
 
 
