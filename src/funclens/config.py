@@ -470,7 +470,8 @@ class StudyCfg:
             _distinct(amounts, what, lambda a: f"{round(a * 100, 6):g}%")  # as plan() labels them
         _check(self.metric in ("disagreement", "js", "kl", "tv"), f"unknown metric {self.metric!r}")
         g = self.distill
-        runs = (len(self.seeds) + len(self.base.independents) + len(g.alphas) * len(g.seeds) + int(g.control and bool(g.alphas) and bool(g.seeds))
+        runs = (len(self.seeds) + len(self.base.independents) + len(g.alphas) * len(g.seeds)
+                + int(g.control and bool(g.alphas) and bool(g.seeds))
                 + len(self.quantize) + len(self.prune) + len(self.prune_global))
         _check(runs <= MAX_RUNS, f"the study has {runs} runs, over the limit of {MAX_RUNS}")
 

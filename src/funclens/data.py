@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from funclens.config import DATASETS, MAX_IMAGE_SIZE, DataCfg, own_data_path, read_at_most
-from funclens.errors import DataError
+from funclens.errors import DataError, FunclensError
 
 
 DEBIAN_DATASETS = Path("/usr/share/datasets")
@@ -845,7 +845,7 @@ def check_model_fits(arch: str, data: Dataset) -> None:
     its pooling, say) are a :class:`DataError` before any run starts, not a failure in every run.
 
     Args:
-        arch: a registered model name.
+        arch: a registered model name, ``"package.module:function"`` or ``"timm:NAME"``.
         data: the data set the study trains on.
 
     Example:
@@ -861,9 +861,15 @@ def check_model_fits(arch: str, data: Dataset) -> None:
         try:
             model = create_model(arch, in_shape=data.in_shape, num_classes=data.num_classes).eval()
             out = model(data.normalize(data.test_x[:1]))
-        except (RuntimeError, ValueError, IndexError, ZeroDivisionError) as e:
+        except FunclensError:
+            raise
+        # A user's model may fail in any way on images it cannot take; funclens's own in these.
+        except (Exception if ":" in arch else (RuntimeError, ValueError, IndexError, ZeroDivisionError)) as e:
             why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise DataError(f"{arch} cannot take {data.name}'s {shape} images ({why})") from None
+    if not isinstance(out, torch.Tensor):
+        raise DataError(f"{arch} returns a {type(out).__name__} for {data.name}'s {shape} images, not a tensor "
+                        "of logits")
     if tuple(out.shape) != (1, data.num_classes):
         raise DataError(f"{arch} maps {data.name}'s {shape} images to outputs of shape {tuple(out.shape)[1:]}, "
                         f"not {data.num_classes} classes")

@@ -3,8 +3,8 @@
 Besides a registered name, an architecture may be a user's factory, ``"package.module:function"`` (called
 as ``function(in_shape, num_classes)``, imported by that name), or a timm architecture, ``"timm:NAME"``
 (the optional extra ``funclens[timm]``). Only the form of such a name is checked when a config is read
-(:func:`funclens.config.check_arch_form`); the module is imported when a model is built, or when a study checks its
-architecture before it starts (:func:`check_arch`), never when a stored study is reported.
+(:func:`funclens.config.check_arch_form`); the module is imported when a model is built, or when a study
+checks its architecture before it starts (:func:`check_arch`), never when a stored study is reported.
 
 Example:
     >>> from funclens.models import create_model
@@ -75,9 +75,9 @@ def check_arch(arch: str) -> None:
 
     Example:
         >>> check_arch("lenet")
-        >>> check_arch("funclens.models:no_such_factory")
+        >>> check_arch("funclens.models:nothing")
         Traceback (most recent call last):
-        funclens.errors.ConfigError: arch 'funclens.models:no_such_factory': funclens.models has no function no_such_factory
+        funclens.errors.ConfigError: arch 'funclens.models:nothing': funclens.models has no function nothing
     """
     check_arch_form(arch)
     if arch.startswith(TIMM_PREFIX):
