@@ -202,6 +202,23 @@ def _npy_bytes(a: np.ndarray) -> bytes:
     return f.getvalue()
 
 
+def test_a_model_that_fails_on_the_images_or_returns_no_logits_is_a_data_error(tmp_path, monkeypatch):
+    from funclens.data import check_model_fits
+
+    (tmp_path / "oddnets.py").write_text(
+        "import torch\n"
+        "class Dict(torch.nn.Module):\n    def forward(self, x):\n        return {'logits': x.flatten(1)}\n"
+        "class Str(torch.nn.Module):\n    def forward(self, x):\n        return x + 'a'\n"
+        "def as_dict(in_shape, num_classes):\n    return Dict()\n"
+        "def adds_str(in_shape, num_classes):\n    return Str()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    digits = load_dataset("digits", test_subset=1)
+    with pytest.raises(DataError, match="oddnets:as_dict returns a dict for digits's 1x8x8 images, not a tensor"):
+        check_model_fits("oddnets:as_dict", digits)
+    with pytest.raises(DataError, match="oddnets:adds_str cannot take digits's 1x8x8 images"):
+        check_model_fits("oddnets:adds_str", digits)
+
+
 def bad_npz(kind: str) -> dict[str, np.ndarray]:
     a = digits_arrays()
     if kind == "missing":
