@@ -6,6 +6,8 @@ Readers parse the canonical formats (IDX, gzipped or raw; CIFAR python pickles t
 unpickler) and raise :class:`DataError`, one clean error type, on anything else. Every file is read whole
 and within a size bound (a gzip stream to its CRC trailer); a known set's files must be the published ones
 or hold the canonical arrays; and each loaded set carries the sha256 of its arrays, which names its runs.
+A user's own set, ``npz:PATH`` or ``folder:PATH`` (image files resized to ``image_size``), becomes the same
+tensors; an npz is read member by member with no pickle, each header checked before its data is allocated.
 
 Example:
     >>> ds = load_dataset("digits")
