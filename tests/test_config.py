@@ -33,7 +33,7 @@ def test_configs_are_frozen():
 
 
 @pytest.mark.parametrize("make", [
-    lambda: TrainCfg(epochs=0), lambda: TrainCfg(lr=-1), lambda: DataCfg("imagenet"), lambda: ModelCfg("vgg"),
+    lambda: TrainCfg(epochs=0), lambda: TrainCfg(lr=-1), lambda: DataCfg("imagenet"), lambda: ModelCfg("vgg 16"),
     lambda: QuantCfg("3-bit"), lambda: PruneCfg(amount=1.0), lambda: PruneCfg(amount=0.5, scope="row"),
     lambda: DistillCfg(teacher="quant_x"), lambda: DistillCfg(teacher="train_x", alpha=1.5),
     lambda: StudyCfg(seeds=(0,)), lambda: QuantCfg("8-bit", group_size=32),

@@ -118,9 +118,9 @@ def test_students_of_one_teacher_share_one_computation_of_its_logits(tmp_path):
     execute.execute_run(teacher, ctx)
     store = Store(tmp_path)
     data = execute.preload_dataset(teacher.data, ctx)
-    first = execute._teacher_logits(store, teacher.run_id, teacher.data, data, ctx)
-    assert execute._teacher_logits(store, teacher.run_id, teacher.data, data, ctx) is first
-    fresh = infer(execute._load_model(store, teacher.run_id, data), data.train_x, data)
+    first = execute._teacher_logits(store, teacher.run_id, "lenet", teacher.data, data, ctx)
+    assert execute._teacher_logits(store, teacher.run_id, "lenet", teacher.data, data, ctx) is first
+    fresh = infer(execute._load_model(store, teacher.run_id, "lenet", data), data.train_x, data)
     assert torch.equal(first, fresh) and first.device == torch.device(ctx.device)
 
 
@@ -136,6 +136,6 @@ def test_a_student_run_trains_on_its_teachers_logits_computed_once(tmp_path, dig
     store = Store(tmp_path)
     student = spec(DistillCfg(teacher=teacher.run_id, alpha=0.9, init="fresh"), seed=2)
     execute.execute_run(student, ctx)
-    model = execute._load_model(store, teacher.run_id, digits)
+    model = execute._load_model(store, teacher.run_id, "lenet", digits)
     _, _, direct = collect(student, digits, teacher=model)
     assert store.load_preds(student.run_id).tobytes() == direct[-1].tobytes()

@@ -3,7 +3,8 @@
 The public API, in ``__all__``. Each name is imported from its module on first use, so that ``import funclens``
 (and the command's start) does not wait for torch.
 
-- comparing predictions: :func:`compare_predictions` (rows as in ``summary.json``), :func:`rfd` (RFD, its
+- comparing predictions: :func:`compare_predictions` (rows as in ``summary.json``), :func:`compare_models`
+  (models run on test tensors, then the same rows), :func:`rfd` (RFD, its
   interval and verdict), :func:`distance`, :func:`pairwise`, :func:`independent_reference`; predictions are
   probabilities ``[N, C]``, and :func:`check_predictions` turns logits into them (the others refuse logits);
 - models: :func:`create_model`, :func:`list_models`, :func:`register_model`;
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _API = {
     "compare_predictions": "funclens.compare",
+    "compare_models": "funclens.modelcompare",
     "rfd": "funclens.rfd",
     "independent_reference": "funclens.rfd",
     "distance": "funclens.metrics",

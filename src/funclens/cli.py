@@ -30,7 +30,7 @@ import typer
 
 from funclens import paths
 from funclens.config import (DATASETS, MAX_EPOCHS, PRESET_ARCHS, ConfigError, FunclensError, ModelCfg, StudyCfg,
-                             canonical_json, load_study_toml, preset_study, stored_configs)
+                             canonical_json, load_study_toml, preset_study)
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="Is the compressed model still the same function as the original?")
@@ -173,16 +173,15 @@ def report(out: Path = typer.Argument(..., metavar="OUT", show_default=False,
     """Rebuild a study's report from its store alone (no model is built: any architecture's study works)."""
     from funclens.report import build_report, build_combined_report
 
-    with stored_configs():
-        if paths.study_file(out).is_file():
-            html = build_report(out)
-        else:
-            subs = sorted(p.parent for p in Path(out).glob("*/study.json"))
-            if not subs:
-                raise FunclensError(f"{out} holds no study (no study.json)")
-            for s in subs:
-                build_report(s)
-            html = build_combined_report(out, subs)
+    if paths.study_file(out).is_file():
+        html = build_report(out)
+    else:
+        subs = sorted(p.parent for p in Path(out).glob("*/study.json"))
+        if not subs:
+            raise FunclensError(f"{out} holds no study (no study.json)")
+        for s in subs:
+            build_report(s)
+        html = build_combined_report(out, subs)
     typer.echo(f"report: {html}")
 
 
@@ -207,8 +206,7 @@ def compare(
     from funclens.compare import compare_items, gate, parse_condition, render
 
     conditions = [parse_condition(c) for c in fail_if or []]   # before reading any file
-    with stored_configs():   # run folders are read, no model is built
-        result = compare_items(items, labels=labels, metric=metric)
+    result = compare_items(items, labels=labels, metric=metric)
     tripped = gate(result, conditions)
     typer.echo(render(result, as_json=as_json))
     if tripped:
@@ -270,11 +268,10 @@ def verify(out: Path = typer.Argument(..., metavar="OUT", show_default=False,
     if not stores:
         raise FunclensError(f"{out} holds no runs")
     problems, checked = [], 0
-    with stored_configs():
-        for s in stores:
-            found, n = Store(s).verify()
-            problems += found
-            checked += n
+    for s in stores:
+        found, n = Store(s).verify()
+        problems += found
+        checked += n
     for p in problems:
         typer.echo(p, err=True)
     if problems:

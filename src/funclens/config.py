@@ -14,8 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
 import hashlib
 import json
@@ -28,7 +26,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Union
+from typing import Any, Callable, Union
 
 from funclens.errors import ConfigError, FunclensError  # noqa: F401  (re-exported)
 
@@ -76,13 +74,57 @@ def _distinct(values: tuple, what: str, label: Callable[[Any], str] = str) -> No
 
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100")
+# A user's own data set: "npz:PATH" (arrays x_train, y_train, x_test, y_test) or "folder:PATH"
+# (train/<class>/* and test/<class>/* image files), paths relative to the current folder.
+OWN_DATA_PREFIXES = ("npz:", "folder:")
+MAX_IMAGE_SIZE = 1024  # pixels per side of a folder data set's images after resizing
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+# The forms an architecture may take: a registered name, a user's factory, or a timm model name
+# (timm's names hold letters, digits, '_', '.' and '-', e.g. "vit_tiny_patch16_224.augreg_in21k").
+_ARCH_FORMS = (re.compile(_IDENT), re.compile(rf"{_IDENT}(\.{_IDENT})*:{_IDENT}"),
+               re.compile(r"timm:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"))
+
+
+def check_arch_form(arch: Any) -> str:
+    """``arch`` if it is written as an architecture can be: a name, ``"package.module:function"`` or
+    ``"timm:NAME"``. Nothing is imported: whether it names a model is
+    :func:`funclens.models.check_arch`'s question, asked when a study starts, not when one is read.
+
+    Args:
+        arch: the ``arch`` of a study or run config.
+
+    Example:
+        >>> check_arch_form("mypkg.nets:small_cnn")
+        'mypkg.nets:small_cnn'
+        >>> check_arch_form("my nets")
+        Traceback (most recent call last):
+        funclens.errors.ConfigError: arch 'my nets' is neither a model name, "package.module:function" nor "timm:NAME"
+    """
+    _check(isinstance(arch, str) and any(r.fullmatch(arch) for r in _ARCH_FORMS),
+           f'arch {arch!r} is neither a model name, "package.module:function" nor "timm:NAME"')
+    return arch
+
+
+def own_data_path(dataset: str) -> str | None:
+    """The path of a user's ``npz:`` or ``folder:`` data set; None for a known set.
+
+    Example:
+        >>> own_data_path("npz:data/mine.npz"), own_data_path("mnist")
+        ('data/mine.npz', None)
+    """
+    for prefix in OWN_DATA_PREFIXES:
+        if dataset.startswith(prefix):
+            return dataset[len(prefix):]
+    return None
 QUANT_SCHEMES = ("16-bit", "bf16", "8-bit", "4-bit", "dynamic-int8")
 OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass(frozen=True)
 class DataCfg:
-    dataset: str = field(default="digits", metadata={"help": "data set name: " + ", ".join(DATASETS)})
+    dataset: str = field(default="digits", metadata={
+        "help": "data set name: " + ", ".join(DATASETS) + ', or "npz:PATH" or "folder:PATH" (your own)'})
     train_subset: int = field(default=0, metadata={"help": "use only the first N training images (0: all)"})
     test_subset: int = field(default=0, metadata={"help": "use only the first N test images (0: all)"})
     content: str = field(default="", metadata={
@@ -91,49 +133,33 @@ class DataCfg:
     allow_modified: bool = field(default=False, metadata={
         "help": "use a known data set whose files match neither the published checksums nor the canonical "
                 "content (runs are then named by that content)"})
+    image_size: int = field(default=0, metadata={
+        "help": "folder: data sets only: every image is resized to image_size x image_size pixels"})
 
     def __post_init__(self) -> None:
-        _check(self.dataset in DATASETS, f"unknown dataset {self.dataset!r}; known: {', '.join(DATASETS)}")
+        own = own_data_path(self.dataset) if isinstance(self.dataset, str) else None
+        _check(self.dataset in DATASETS or bool(own), f"unknown dataset {self.dataset!r}; known: "
+               f"{', '.join(DATASETS)}, or your own as \"npz:PATH\" or \"folder:PATH\"")
+        folder = self.dataset.startswith("folder:")
+        _check(_is_int(self.image_size) and (1 <= self.image_size <= MAX_IMAGE_SIZE if folder
+                                             else self.image_size == 0),
+               f"image_size: a folder: data set needs an integer in 1..{MAX_IMAGE_SIZE}" if folder
+               else "image_size applies to folder: data sets only")
         for what, n in (("train_subset", self.train_subset), ("test_subset", self.test_subset)):
             _check(_is_int(n) and 0 <= n <= MAX_IMAGES, f"{what} must be an integer in 0..{MAX_IMAGES}, got {n!r}")
         _check(self.content == "" or (len(self.content) == 64 and all(c in "0123456789abcdef" for c in self.content)),
                f"content must be a sha256 in hex (64 characters), got {self.content!r}")
 
 
-# Set while configs are read back from a store: see stored_configs().
-_READING_STORED: contextvars.ContextVar[bool] = contextvars.ContextVar("funclens_reading_stored", default=False)
-
-
-@contextlib.contextmanager
-def stored_configs() -> Iterator[None]:
-    """Within this block, configs are read without checking ``model.arch`` against the model registry.
-
-    A study's report and checks read its stored configs and build no model, so they must work in a process
-    that has not registered the study's architecture (one registered from Python, in the process that ran it).
-    Every other check still applies.
-
-    Example:
-        >>> with stored_configs():
-        ...     ModelCfg("my_own_net").arch
-        'my_own_net'
-    """
-    token = _READING_STORED.set(True)
-    try:
-        yield
-    finally:
-        _READING_STORED.reset(token)
-
-
 @dataclass(frozen=True)
 class ModelCfg:
-    arch: str = field(default="lenet", metadata={"help": "registered model name (funclens.models.list_models())"})
+    arch: str = field(default="lenet", metadata={
+        "help": 'a registered model (funclens.models.list_models()), "package.module:function" (your factory '
+                '`function(in_shape, num_classes) -> nn.Module`) or "timm:NAME"'})
 
     def __post_init__(self) -> None:
-        if _READING_STORED.get():
-            return   # a stored study's arch was checked when it ran; reading it builds no model
-        from funclens.models import list_models  # late: models import torch
-
-        _check(self.arch in list_models(), f"unknown arch {self.arch!r}; known: {', '.join(list_models())}")
+        # Only the form: a stored study is read (and reported) without importing or building its model.
+        check_arch_form(self.arch)
 
 
 @dataclass(frozen=True)
@@ -177,7 +203,8 @@ class DistillCfg:
     init_run: str = field(default="", metadata={"help": "base-init: the run whose initial weights (default: the teacher)"})
 
     def __post_init__(self) -> None:
-        _check(self.teacher.startswith("train_"), f"teacher must be a training run id, got {self.teacher!r}")
+        _check(self.teacher.startswith(("train_", "given_")),
+               f"teacher must be a training or given run id, got {self.teacher!r}")
         _check(_finite(self.alpha) and 0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}")
         _check(_finite(self.temperature) and self.temperature > 0,
                f"temperature must be a finite number > 0, got {self.temperature}")
@@ -213,13 +240,27 @@ class PruneCfg:
         _check(self.scope in ("layer", "global"), f"pruning scope must be layer or global, got {self.scope!r}")
 
 
-RUN_KINDS = ("train", "quant", "prune")
+@dataclass(frozen=True)
+class GivenCfg:
+    """A model the user already has: a state_dict of the run's architecture, in a file."""
+
+    checkpoint: str = field(metadata={"help": "path of the state_dict, loaded with torch.load(weights_only=True)"})
+    sha256: str = field(metadata={"help": "of the file's bytes: a changed file is another run"})
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.checkpoint, str) and self.checkpoint != "", "checkpoint: expected a path")
+        _check(isinstance(self.sha256, str) and _SHA256_HEX.fullmatch(self.sha256) is not None,
+               f"checkpoint sha256 must be 64 hex characters, got {self.sha256!r}")
+
+
+RUN_KINDS = ("train", "quant", "prune", "given")
 
 
 @dataclass(frozen=True)
 class RunSpec:
     """One run. ``train`` runs have ``train`` (and ``distill`` for students); post-hoc runs have
-    ``parent`` (the run they compress) and ``compress``."""
+    ``parent`` (the run they compress) and ``compress``; ``given`` runs have ``given`` alone (a model
+    read from the user's checkpoint, never trained)."""
 
     kind: str = field(metadata={"help": "train, quantize or prune; the id's prefix"})
     data: DataCfg = field(metadata={"help": "the data the run trains or is evaluated on"})
@@ -228,10 +269,15 @@ class RunSpec:
     distill: DistillCfg | None = field(default=None, metadata={"help": "students: the teacher and the KD loss"})
     parent: str | None = field(default=None, metadata={"help": "post-hoc runs: the id of the run compressed"})
     compress: QuantCfg | PruneCfg | None = field(default=None, metadata={"help": "post-hoc runs: the method"})
+    given: GivenCfg | None = field(default=None, metadata={"help": "a given model (a checkpoint file): its path and sha256"})
 
     def __post_init__(self) -> None:
         _check(self.kind in RUN_KINDS, f"run kind must be one of {RUN_KINDS}")
-        if self.kind == "train":
+        _check((self.kind == "given") == (self.given is not None), "a given run, and only it, has a checkpoint")
+        if self.kind == "given":
+            _check(self.train is None and self.distill is None and self.parent is None and self.compress is None,
+                   "a given run has a checkpoint and nothing else")
+        elif self.kind == "train":
             _check(self.train is not None and self.compress is None and self.parent is None,
                    "a training run has a train config and no parent or compression")
         else:
@@ -361,6 +407,37 @@ class DistillGrid:
 
 
 @dataclass(frozen=True)
+class BaseCfg:
+    """Models the user already has, in place of training them: the base, and optionally the yardstick."""
+
+    checkpoint: str = field(default="", metadata={
+        "help": "state_dict of the study's arch to use as the base instead of training one (students then "
+                "start fresh: a given base has no initial weights)"})
+    independents: tuple[str, ...] = field(default=(), metadata={
+        "help": "state_dicts of independently trained models, the yardstick (default: trained from seeds[1:])"})
+    sha256: tuple[str, ...] = field(default=(), metadata={
+        "help": "of the checkpoint, then of each independent, as the study read them; filled by the study"})
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.checkpoint, str), f"base.checkpoint: expected a path, got {self.checkpoint!r}")
+        _check(bool(self.checkpoint) or not self.independents, "base.independents need a base.checkpoint")
+        _check(len(self.independents) <= MAX_LIST, f"base.independents lists more than {MAX_LIST} files")
+        for f in self.independents:
+            _check(isinstance(f, str) and f != "", f"base.independents: expected paths, got {f!r}")
+        _distinct((self.checkpoint, *self.independents) if self.checkpoint else (), "base")
+        _check(not self.sha256 or len(self.sha256) == 1 + len(self.independents),
+               "base.sha256 holds one digest per checkpoint")
+        for d in self.sha256:
+            _check(isinstance(d, str) and _SHA256_HEX.fullmatch(d) is not None,
+                   f"base.sha256 must hold sha256 digests in hex, got {d!r}")
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The checkpoint, then the independents; empty when the study trains its base."""
+        return (self.checkpoint, *self.independents) if self.checkpoint else ()
+
+
+@dataclass(frozen=True)
 class StudyCfg:
     """One dataset x one architecture x the methods to compare (one column block of the paper's tables)."""
 
@@ -385,6 +462,8 @@ class StudyCfg:
     compress_all_seeds: bool = field(default=False, metadata={
         "help": "apply every quantize and prune setting to every independent model too: a population of "
                 "compressed models per setting, so RFD gets a spread over seeds"})
+    base: BaseCfg = field(default=BaseCfg(), metadata={
+        "help": "a base (and yardstick) you already have, as checkpoint files, instead of training them"})
 
     def __post_init__(self) -> None:
         _check(isinstance(self.name, str) and NAME_RE.fullmatch(self.name) is not None,
@@ -416,8 +495,8 @@ class StudyCfg:
                f"compress_all_seeds must be true or false, got {self.compress_all_seeds!r}")
         posthoc = (len(self.quantize) + len(self.prune) + len(self.prune_global)) * (
             len(self.seeds) if self.compress_all_seeds else 1)
-        runs = (len(self.seeds) * (1 + self.precision_check) + len(g.alphas) * len(g.seeds) + int(g.control and bool(g.alphas) and bool(g.seeds))
-                + posthoc)
+        runs = (len(self.seeds) * (1 + self.precision_check) + len(self.base.independents)
+                + len(g.alphas) * len(g.seeds) + int(g.control and bool(g.alphas) and bool(g.seeds)) + posthoc)
         _check(runs <= MAX_RUNS, f"the study has {runs} runs, over the limit of {MAX_RUNS}")
 
     def replace(self, **changes: Any) -> "StudyCfg":

@@ -6,6 +6,8 @@ Readers parse the canonical formats (IDX, gzipped or raw; CIFAR python pickles t
 unpickler) and raise :class:`DataError`, one clean error type, on anything else. Every file is read whole
 and within a size bound (a gzip stream to its CRC trailer); a known set's files must be the published ones
 or hold the canonical arrays; and each loaded set carries the sha256 of its arrays, which names its runs.
+A user's own set, ``npz:PATH`` or ``folder:PATH`` (image files resized to ``image_size``), becomes the same
+tensors; an npz is read member by member with no pickle, each header checked before its data is allocated.
 
 Example:
     >>> ds = load_dataset("digits")
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import pickle
 import shutil
@@ -26,6 +29,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import warnings
+import zipfile
 import zlib
 import dataclasses
 from dataclasses import dataclass
@@ -34,8 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from funclens.config import DATASETS, DataCfg, read_at_most
-from funclens.errors import DataError
+from funclens.config import DATASETS, MAX_IMAGE_SIZE, DataCfg, own_data_path, read_at_most
+from funclens.errors import DataError, FunclensError
 
 
 DEBIAN_DATASETS = Path("/usr/share/datasets")
@@ -58,6 +62,7 @@ class Dataset:
     mean: tuple[float, ...]  # per channel, of train_x / 255
     std: tuple[float, ...]
     content_sha256: str = ""  # of the four arrays as loaded (subsets applied): see content_sha256()
+    classes: tuple[str, ...] = ()  # class names, where the data set has them (npz "classes", folder names)
 
     @property
     def in_shape(self) -> tuple[int, int, int]:
@@ -439,6 +444,194 @@ def _load_cifar(folder: Path, name: str) -> tuple[tuple[np.ndarray, ...], dict[P
     return (trx, try_, tex, tey), md5s
 
 
+# ---------------------------------------------------------------- a user's own data: npz files and image folders
+
+# An npz file, and the decoded images of a folder set, are refused past 4 GiB: twice ImageNet-1k's
+# validation set at 224x224, far past what funclens trains on a CPU, and what a typo'd path might fill.
+MAX_OWN_BYTES = 1 << 32
+MAX_IMAGE_FILE_BYTES = 64 << 20  # one image file of a folder set
+MAX_CLASSES = 100_000
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+_GRAY_MODES = ("1", "L", "I", "I;16", "F")  # PIL modes with one channel of intensity
+
+
+def _npy_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, what: str) -> np.ndarray:
+    """One array of an npz, its header checked against the member's size before any data is allocated:
+    numpy would allocate whatever shape a header declares, and a 200-byte member can declare terabytes."""
+    with z.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise DataError(f"{what}: .npy format version {version} is not supported")
+        fmt = np.lib.format
+        shape, fortran, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+        if dtype.hasobject:
+            raise DataError(f"{what}: holds Python objects, which only a pickle can load (allow_pickle=False)")
+        declared = math.prod(int(d) for d in shape) * dtype.itemsize  # Python ints: no overflow
+        if declared > info.file_size - f.tell():
+            raise DataError(f"{what}: its header declares {declared} bytes of data, more than the member holds")
+        data = bytearray(declared)  # writable, unlike the bytes of read(): torch tensors share it
+        got = f.readinto(data)
+    if got != declared:
+        raise DataError(f"{what}: truncated ({got} of {declared} bytes)")
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an npz data set, read with no pickle, the file and each array within the size bound."""
+    _check_regular(path, MAX_OWN_BYTES)
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = {i.filename[:-4]: i for i in z.infolist() if i.filename.endswith(".npy")}
+            missing = [k for k in NPZ_KEYS if k not in members]
+            if missing:
+                raise DataError(f"{path}: missing array(s) {', '.join(missing)}; an npz data set holds "
+                                f"{', '.join(NPZ_KEYS)} (and optionally classes)")
+            wanted = [k for k in (*NPZ_KEYS, "classes") if k in members]
+            declared = sum(members[k].file_size for k in wanted)
+            if declared > MAX_OWN_BYTES:  # sizes from the zip directory, before anything is inflated
+                raise DataError(f"{path}: its arrays declare {declared} bytes, over the {MAX_OWN_BYTES}-byte limit")
+            return {k: _npy_member(z, members[k], f"{path}: {k}") for k in wanted}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise DataError(f"{path}: not a readable npz of plain arrays ({type(e).__name__}: {e})") from None
+
+
+def _check_regular(path: Path, limit: int) -> None:
+    """Refuse ``path`` unless it is a regular file of at most ``limit`` bytes (checked before reading)."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise DataError(f"{path}: unreadable ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise DataError(f"{path}: not a regular file")
+    if st.st_size > limit:
+        raise DataError(f"{path}: {st.st_size} bytes, over the {limit}-byte limit")
+
+
+def _npz_images(x: np.ndarray, what: str) -> np.ndarray:
+    """uint8 ``[N, H, W]`` or ``[N, H, W, C]`` -> ``[N, C, H, W]``."""
+    if x.dtype != np.uint8:
+        raise DataError(f"{what}: images must be uint8 (0..255), got {x.dtype}")
+    if x.ndim not in (3, 4) or (x.ndim == 4 and not 1 <= x.shape[3] <= 4) or min(x.shape[1:3], default=0) < 1:
+        raise DataError(f"{what}: images must be [N, H, W] or [N, H, W, C] with C in 1..4, got shape {x.shape}")
+    return np.ascontiguousarray(x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2))
+
+
+def _npz_labels(y: np.ndarray, n: int, what: str) -> np.ndarray:
+    if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1 or len(y) != n:
+        raise DataError(f"{what}: labels must be integers [N] with N = {n}, got {y.dtype} {y.shape}")
+    if y.size and y.min() < 0:
+        raise DataError(f"{what}: negative labels")
+    return y.astype(np.int64)
+
+
+def _npz_classes(arrays: dict[str, np.ndarray], path: Path, labels: tuple[np.ndarray, ...]) -> tuple[str, ...]:
+    """The class names: the file's ``classes``, or ``0..max label`` when it has none."""
+    top = max(int(y.max()) for y in labels if y.size) if any(y.size for y in labels) else -1
+    if "classes" not in arrays:
+        names = tuple(str(i) for i in range(top + 1))
+    else:
+        c = arrays["classes"]
+        if c.ndim != 1 or c.dtype.kind not in "US":
+            raise DataError(f"{path}: classes must be a 1-D array of strings, got {c.dtype} {c.shape}")
+        names = tuple(str(v) for v in c.astype(str))
+        if len(set(names)) != len(names):
+            raise DataError(f"{path}: classes names a class twice")
+        if top >= len(names):
+            raise DataError(f"{path}: labels out of range: {top} is not below the {len(names)} classes")
+    if not 2 <= len(names) <= MAX_CLASSES:
+        raise DataError(f"{path}: {len(names)} class(es); a data set needs 2..{MAX_CLASSES}")
+    return names
+
+
+def _load_npz(path: Path) -> tuple[tuple[np.ndarray, ...], tuple[str, ...]]:
+    a = _npz_arrays(path)
+    trx, tex = _npz_images(a["x_train"], f"{path}: x_train"), _npz_images(a["x_test"], f"{path}: x_test")
+    if trx.shape[1:] != tex.shape[1:]:
+        raise DataError(f"{path}: x_train images are {trx.shape[1:]} [C, H, W], x_test images {tex.shape[1:]}")
+    try_ = _npz_labels(a["y_train"], len(trx), f"{path}: y_train")
+    tey = _npz_labels(a["y_test"], len(tex), f"{path}: y_test")
+    return (trx, try_, tex, tey), _npz_classes(a, path, (try_, tey))
+
+
+def _image_files(folder: Path) -> dict[str, list[Path]]:
+    """class name -> its image files, sorted by name; hidden entries are left out."""
+    try:
+        entries = sorted(d for d in folder.iterdir() if not d.name.startswith(".") and d.is_dir())
+        return {d.name: sorted(f for f in d.iterdir() if not f.name.startswith(".") and f.is_file())
+                for d in entries}
+    except OSError as e:
+        raise DataError(f"{folder}: unreadable ({e.strerror})") from None
+
+
+def _decode(path: Path, size: int) -> tuple[np.ndarray, bool]:
+    """One image file -> ``[size, size, 3]`` uint8 RGB, resized bilinearly, and whether it was grayscale."""
+    from PIL import Image
+
+    raw = _read_bounded(path, MAX_IMAGE_FILE_BYTES)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # a few KB declaring gigapixels
+            with Image.open(io.BytesIO(raw)) as im:
+                gray = im.mode in _GRAY_MODES
+                rgb = im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+                return np.asarray(rgb, dtype=np.uint8), gray
+    except Image.UnidentifiedImageError:
+        raise DataError(f"{path}: not an image file PIL can read") from None
+    except Exception as e:  # PIL raises many kinds for a damaged file; each means "not an image"
+        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+
+
+def _load_folder(root: Path, size: int) -> tuple[tuple[np.ndarray, ...], tuple[str, ...]]:
+    """``root/train/<class>/*`` and ``root/test/<class>/*`` -> arrays, classes named by the train folders.
+
+    Images are ``[N, 1, size, size]`` when every file is grayscale, else RGB ``[N, 3, size, size]``.
+    """
+    parts = {}
+    for which in ("train", "test"):
+        if not (root / which).is_dir():
+            raise DataError(f"{root}: no {which}/ folder; a folder data set holds train/<class>/* and test/<class>/*")
+        parts[which] = _image_files(root / which)
+    classes = tuple(parts["train"])
+    if len(classes) < 2:
+        raise DataError(f"{root / 'train'}: {len(classes)} class folder(s); a data set needs at least 2 classes")
+    if len(classes) > MAX_CLASSES:
+        raise DataError(f"{root / 'train'}: {len(classes)} class folders, over the limit of {MAX_CLASSES}")
+    extra = [c for c in parts["test"] if c not in classes]
+    if extra:
+        raise DataError(f"{root / 'test'}: class folder {extra[0]!r} has no counterpart in train/")
+    count = sum(len(fs) for p in parts.values() for fs in p.values())
+    if count * 3 * size * size > MAX_OWN_BYTES:
+        raise DataError(f"{root}: {count} images of {size}x{size} pixels exceed the {MAX_OWN_BYTES}-byte limit")
+    out, all_gray = [], True
+    for which in ("train", "test"):
+        imgs, labels = [], []
+        for label, cls in enumerate(classes):
+            for f in parts[which].get(cls, []):
+                img, gray = _decode(f, size)
+                imgs.append(img)
+                labels.append(label)
+                all_gray &= gray
+        if not imgs:
+            raise DataError(f"{root / which}: no image files in its class folders")
+        out += [np.stack(imgs).transpose(0, 3, 1, 2), np.asarray(labels, dtype=np.int64)]
+    if all_gray:  # a grayscale image converted to RGB holds three equal channels
+        out[0], out[2] = out[0][:, :1], out[2][:, :1]
+    return tuple(np.ascontiguousarray(a) for a in out), classes
+
+
+def _load_own(name: str, image_size: int) -> tuple[tuple[np.ndarray, ...], tuple[str, ...]]:
+    path = own_data_path(name)
+    if not path:
+        raise DataError(f"{name!r}: name the data set's file or folder after the colon")
+    if name.startswith("npz:"):
+        return _load_npz(Path(path))
+    if not 1 <= image_size <= MAX_IMAGE_SIZE:
+        raise DataError(f"{name}: a folder data set needs image_size in 1..{MAX_IMAGE_SIZE} ([data] image_size)")
+    if not Path(path).is_dir():
+        raise DataError(f"{path}: not a folder")
+    return _load_folder(Path(path), image_size)
+
+
 # ---------------------------------------------------------------- digits
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -534,30 +727,42 @@ NUM_CLASSES = {"digits": 10, "mnist": 10, "fashion-mnist": 10, "cifar10": 10, "c
 
 
 def load_dataset(name: str, data_dir: Path | None = None, *, offline: bool = False, train_subset: int = 0,
-                 test_subset: int = 0, allow_modified: bool = False, content: str = "") -> Dataset:
+                 test_subset: int = 0, allow_modified: bool = False, content: str = "",
+                 image_size: int = 0) -> Dataset:
     """Load a data set into memory, downloading its canonical files first when missing and online.
 
     Every load checks a known set's files against their published md5s, or else its arrays against
     the canonical content hash; the result carries ``content_sha256`` of what was loaded.
 
+    A user's own set, ``npz:PATH`` or ``folder:PATH``, is read with no pickle and within size bounds,
+    and checked: uint8 images ``[N, H, W]`` or ``[N, H, W, C]``, integer labels below the class count,
+    at least two classes.
+
     Args:
-        name: one of ``digits``, ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100``.
+        name: one of ``digits``, ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100``, or ``npz:PATH``
+            (arrays ``x_train``, ``y_train``, ``x_test``, ``y_test``, optional ``classes``) or ``folder:PATH``
+            (``train/<class>/*`` and ``test/<class>/*`` image files).
         data_dir: where canonical folders live (default ``$FUNCLENS_DATA`` or ``~/.cache/funclens``).
         offline: never download; a missing set is a :class:`DataError` naming the files expected.
         train_subset, test_subset: keep only the first N images (0: all).
         allow_modified: accept files that are neither the published ones nor hold the canonical arrays.
         content: the ``content_sha256`` the loaded set must have ("" : any); a set that matches it was
             accepted before, so the published checksums are not asked for again.
+        image_size: ``folder:`` sets only: every image is resized to ``image_size`` x ``image_size``.
 
     Example:
         >>> ds = load_dataset("digits", test_subset=10)
         >>> len(ds.test_x), len(ds.content_sha256)
         (10, 64)
     """
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    own = own_data_path(name) is not None
+    if name not in DATASETS and not own:
+        raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}, \"npz:PATH\" or \"folder:PATH\"")
     md5s: dict[Path, str] = {}
-    if name == "digits":
+    classes: tuple[str, ...] = ()
+    if own:
+        arrays, classes = _load_own(name, image_size)
+    elif name == "digits":
         arrays = _load_digits()
     else:
         folder = find_dataset(name, data_dir)
@@ -580,13 +785,13 @@ def load_dataset(name: str, data_dir: Path | None = None, *, offline: bool = Fal
         if got != content:
             raise DataError(f"{name}: the data changed since the study was planned (content sha256 {got}, "
                             f"planned {content})")
-    elif name != "digits":
+    elif name != "digits" and not own:
         _check_known(name, md5s, arrays, allow_modified)
     train_x = torch.from_numpy(np.ascontiguousarray(trx))
     mean, std = _channel_stats(train_x)
     return Dataset(name, train_x, torch.from_numpy(np.ascontiguousarray(try_)),
                    torch.from_numpy(np.ascontiguousarray(tex)), torch.from_numpy(np.ascontiguousarray(tey)),
-                   NUM_CLASSES[name], mean, std, got)
+                   len(classes) if own else NUM_CLASSES[name], mean, std, got, classes)
 
 
 def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -606,7 +811,8 @@ def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...
 def load_from_cfg(cfg: DataCfg, data_dir: Path | None = None, offline: bool = False) -> Dataset:
     """The data set ``cfg`` describes; with ``cfg.content`` set, it must hold exactly that content."""
     return load_dataset(cfg.dataset, data_dir, offline=offline, train_subset=cfg.train_subset,
-                        test_subset=cfg.test_subset, allow_modified=cfg.allow_modified, content=cfg.content)
+                        test_subset=cfg.test_subset, allow_modified=cfg.allow_modified, content=cfg.content,
+                        image_size=cfg.image_size)
 
 
 def check_content(cfg: DataCfg, data: Dataset) -> Dataset:
@@ -641,7 +847,7 @@ def check_model_fits(arch: str, data: Dataset) -> None:
     its pooling, say) are a :class:`DataError` before any run starts, not a failure in every run.
 
     Args:
-        arch: a registered model name.
+        arch: a registered model name, ``"package.module:function"`` or ``"timm:NAME"``.
         data: the data set the study trains on.
 
     Example:
@@ -657,9 +863,15 @@ def check_model_fits(arch: str, data: Dataset) -> None:
         try:
             model = create_model(arch, in_shape=data.in_shape, num_classes=data.num_classes).eval()
             out = model(data.normalize(data.test_x[:1]))
-        except (RuntimeError, ValueError, IndexError, ZeroDivisionError) as e:
+        except FunclensError:
+            raise
+        # A user's model may fail in any way on images it cannot take; funclens's own in these.
+        except (Exception if ":" in arch else (RuntimeError, ValueError, IndexError, ZeroDivisionError)) as e:
             why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise DataError(f"{arch} cannot take {data.name}'s {shape} images ({why})") from None
+    if not isinstance(out, torch.Tensor):
+        raise DataError(f"{arch} returns a {type(out).__name__} for {data.name}'s {shape} images, not a tensor "
+                        "of logits")
     if tuple(out.shape) != (1, data.num_classes):
         raise DataError(f"{arch} maps {data.name}'s {shape} images to outputs of shape {tuple(out.shape)[1:]}, "
                         f"not {data.num_classes} classes")

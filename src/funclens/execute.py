@@ -87,7 +87,8 @@ def preload_dataset(cfg: DataCfg, ctx: RunContext) -> Dataset:
         >>> preload_dataset(DataCfg("digits"), RunContext(out=".")).num_classes
         10
     """
-    key = (cfg.dataset, cfg.train_subset, cfg.test_subset, ctx.data_dir)  # the content pin reuses the load
+    # the content pin reuses the load
+    key = (cfg.dataset, cfg.train_subset, cfg.test_subset, cfg.image_size, ctx.data_dir)
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()  # one data set at a time per process: CIFAR takes 180 MB
         _DATA_CACHE[key] = load_from_cfg(cfg, Path(ctx.data_dir) if ctx.data_dir else None, ctx.offline)
@@ -97,7 +98,7 @@ def preload_dataset(cfg: DataCfg, ctx: RunContext) -> Dataset:
 _TEACHER_CACHE: dict[tuple, torch.Tensor] = {}
 
 
-def _teacher_logits(store: Store, teacher_id: str, data_cfg: DataCfg, data: Dataset,
+def _teacher_logits(store: Store, teacher_id: str, arch: str, data_cfg: DataCfg, data: Dataset,
                     ctx: RunContext) -> torch.Tensor:
     """The teacher's logits on the training set, on the run's device, computed once per process and teacher.
 
@@ -108,10 +109,10 @@ def _teacher_logits(store: Store, teacher_id: str, data_cfg: DataCfg, data: Data
     """
     from funclens.train import infer
 
-    key = (ctx.out, teacher_id, data_cfg, ctx.data_dir, ctx.device, ctx.channels_last)
+    key = (ctx.out, teacher_id, arch, data_cfg, ctx.data_dir, ctx.device, ctx.channels_last)
     if key not in _TEACHER_CACHE:
         _TEACHER_CACHE.clear()  # one teacher at a time: CIFAR-100 logits take 20 MB
-        teacher = _load_model(store, teacher_id, data).to(ctx.device)
+        teacher = _load_model(store, teacher_id, arch, data).to(ctx.device)
         trained = store.load_spec(teacher_id).train
         # The teacher computes as it was trained (a bf16 teacher under autocast: the function its own
         # predictions record); its logits come back fp32, and the student's loss is computed in fp32.
@@ -120,9 +121,10 @@ def _teacher_logits(store: Store, teacher_id: str, data_cfg: DataCfg, data: Data
     return _TEACHER_CACHE[key]
 
 
-def _load_model(store: Store, run_id: str, data: Dataset) -> torch.nn.Module:
-    spec = store.load_spec(run_id)
-    model = create_model(spec.model.arch, in_shape=data.in_shape, num_classes=data.num_classes)
+def _load_model(store: Store, run_id: str, arch: str, data: Dataset) -> torch.nn.Module:
+    """A finished run's model, built as ``arch``: the architecture of the run being computed (a study's
+    runs share one), never one named in a stored file, from which no factory is ever imported."""
+    model = create_model(arch, in_shape=data.in_shape, num_classes=data.num_classes)
     model.load_state_dict(store.load_model_state(run_id))
     return model
 
@@ -144,7 +146,7 @@ def execute_run(spec: RunSpec, ctx: RunContext, progress: ProgressFn | None = No
     if spec.kind == "train":
         _train_run(spec, ctx, store, data, progress)
     else:
-        _compress_run(spec, ctx, store, data)
+        (_given_run if spec.kind == "given" else _compress_run)(spec, ctx, store, data)
         if progress is not None:
             progress(rid, 1, 1, 1, 1)
     return rid
@@ -157,7 +159,7 @@ def _train_run(spec: RunSpec, ctx: RunContext, store: Store, data: Dataset, prog
     rid, epochs, device = spec.run_id, spec.train.epochs, torch.device(ctx.device)
     init_state = teacher_logits = None
     if spec.distill is not None:
-        teacher_logits = _teacher_logits(store, spec.distill.teacher, spec.data, data, ctx)
+        teacher_logits = _teacher_logits(store, spec.distill.teacher, spec.model.arch, spec.data, data, ctx)
         if spec.distill.init_source:
             init_state = store.load_init(spec.distill.init_source)
 
@@ -187,7 +189,7 @@ def _compress_run(spec: RunSpec, ctx: RunContext, store: Store, data: Dataset) -
 
     rid = spec.run_id
     assert spec.parent is not None and spec.compress is not None
-    model = _load_model(store, spec.parent, data)
+    model = _load_model(store, spec.parent, spec.model.arch, data)
     cmodel, info = compress(model, spec.compress)
     # A compressed bf16-trained model computes under the autocast its parent was trained and evaluated
     # under, so its row measures the compression alone, not also a switch of arithmetic. torch's own
@@ -200,6 +202,24 @@ def _compress_run(spec: RunSpec, ctx: RunContext, store: Store, data: Dataset) -
     store.finish(rid, state_dict=cmodel.state_dict() if info.loadable else None, packed=info.packed,
                  metrics={**m, **info.to_json(), "device": "cpu", "precision": precision,
                           "channels_last": ctx.channels_last, "test_images": len(data.test_x)})
+
+
+def _given_run(spec: RunSpec, ctx: RunContext, store: Store, data: Dataset) -> None:
+    """A model the user already has: its predictions, from the checkpoint as the study pinned it."""
+    from funclens.checkpoints import load_checkpoint
+    from funclens.train import evaluate
+
+    assert spec.given is not None
+    model, sha = load_checkpoint(spec.given.checkpoint, spec.model.arch, in_shape=data.in_shape,
+                                 num_classes=data.num_classes, sha256=spec.given.sha256)
+    model.to(ctx.device)
+    if ctx.channels_last:
+        model.to(memory_format=torch.channels_last)
+    probs, m = evaluate(model, data, device=ctx.device, channels_last=ctx.channels_last)
+    store.save_preds(spec.run_id, 0, probs)
+    store.finish(spec.run_id, state_dict=model.state_dict(), metrics={
+        **m, "checkpoint": spec.given.checkpoint, "checkpoint_sha256": sha, "device": ctx.device,
+        "precision": "fp32", "channels_last": ctx.channels_last, "test_images": len(data.test_x)})
 
 
 KILL_AFTER_ENV = "FUNCLENS_KILL_AFTER"

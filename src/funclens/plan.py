@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import PurePath
 
-from funclens.config import DistillCfg, PruneCfg, QuantCfg, RunSpec, StudyCfg
+from funclens.config import ConfigError, DistillCfg, GivenCfg, PruneCfg, QuantCfg, RunSpec, StudyCfg
 
 
 @dataclass(frozen=True)
@@ -71,28 +72,58 @@ def _pct(a: float) -> str:
     return f"{round(a * 100, 6):g}%"
 
 
+def _reference(study: StudyCfg) -> list[PlannedRun]:
+    """The base and the independent models: trained from the study's seeds, or read from the user's files
+    (``[base]``), whose sha256 the study pins before it plans (:func:`funclens.checkpoints.pin_checkpoints`)."""
+    def trained(seed: int) -> PlannedRun:
+        spec = RunSpec("train", study.data, study.model, dataclasses.replace(study.train, seed=seed))
+        return PlannedRun(spec, "independent", f"seed={seed}", seed)
+
+    b = study.base
+    names = [PurePath(f).name for f in b.files]
+
+    def given(path: str, sha256: str) -> PlannedRun:
+        # Named by the file, as the paper's columns are by seed; by its path where two files share a name,
+        # since runs of one setting are averaged into one row.
+        spec = RunSpec("given", study.data, study.model, given=GivenCfg(checkpoint=path, sha256=sha256))
+        name = PurePath(path).name
+        return PlannedRun(spec, "independent", name if names.count(name) == 1 else path)
+
+    if not b.checkpoint:
+        runs = [trained(s) for s in study.seeds]
+    elif not b.sha256:
+        raise ConfigError("a study with [base] checkpoint is planned once the study has read its files")
+    else:
+        runs = [given(b.checkpoint, b.sha256[0])]
+        runs += ([given(f, d) for f, d in zip(b.independents, b.sha256[1:])] if b.independents
+                 else [trained(s) for s in study.seeds[1:]])
+    return [dataclasses.replace(runs[0], role="base")] + runs[1:]
+
+
 def plan(study: StudyCfg) -> list[PlannedRun]:
-    """Every run of ``study`` in an order where parents come first."""
+    """Every run of ``study`` in an order where parents come first.
+
+    With a given base (``[base] checkpoint``) students start fresh: the base's initial weights, which
+    base-init students start from, are not known.
+    """
     def trained(seed: int, distill: DistillCfg | None = None) -> RunSpec:
         return RunSpec("train", study.data, study.model, dataclasses.replace(study.train, seed=seed), distill)
 
-    runs: list[PlannedRun] = []
-    base = trained(study.seeds[0])
-    runs.append(PlannedRun(base, "base", f"seed={study.seeds[0]}", study.seeds[0]))
-    for s in study.seeds[1:]:
-        runs.append(PlannedRun(trained(s), "independent", f"seed={s}", s))
+    runs = _reference(study)
+    base = runs[0].spec
     g = study.distill
+    init = "fresh" if study.base.checkpoint else g.init
     for alpha in g.alphas:
         for s in g.seeds:
-            d = DistillCfg(teacher=base.run_id, alpha=alpha, temperature=g.temperature, init=g.init)
+            d = DistillCfg(teacher=base.run_id, alpha=alpha, temperature=g.temperature, init=init)
             runs.append(PlannedRun(trained(s, d), "student", f"alpha={alpha:g}", s))
     if g.control and g.alphas and g.seeds:
         # Same recipe, but the teacher is an independent model: if a base student is no nearer the
         # base than this one is, distilling from the base transferred nothing specific to it.
-        indep = trained(study.seeds[1])
+        indep = runs[1].spec
         alpha = 0.5 if 0.5 in g.alphas else g.alphas[len(g.alphas) // 2]
-        d = DistillCfg(teacher=indep.run_id, alpha=alpha, temperature=g.temperature, init=g.init,
-                       init_run=base.run_id if g.init == "base-init" else "")
+        d = DistillCfg(teacher=indep.run_id, alpha=alpha, temperature=g.temperature, init=init,
+                       init_run=base.run_id if init == "base-init" else "")
         runs.append(PlannedRun(trained(g.seeds[0], d), "control", f"alpha={alpha:g}", g.seeds[0]))
     # With compress_all_seeds, every post-hoc setting is applied to each independent model as well: its runs
     # keep the setting's role and name their parent in spec.parent, with that parent's seed (None: the base's).

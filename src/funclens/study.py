@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def study_record(study: StudyCfg, planned: list[PlannedRun]) -> dict:
 
 
 def pin_data(study: StudyCfg, ctx: RunContext) -> StudyCfg:
-    """``study`` as `funclens study` plans it: its data pinned to the content of the data set it loads.
+    """``study`` as `funclens study` plans it: its data (and any given checkpoints) pinned to their content.
 
     Runs are named by the content of the data they train on, so a rerun on other (repaired) files never
     reuses runs trained on the old ones. The data are read once here: a missing or damaged file, or a model
@@ -49,9 +50,13 @@ def pin_data(study: StudyCfg, ctx: RunContext) -> StudyCfg:
         >>> len(pinned.data.content) == 64
         True
     """
+    from funclens.checkpoints import pin_checkpoints
+
     data = preload_dataset(study.data, ctx)
     check_model_fits(study.model.arch, data)
-    return study.replace(data=identified(study.data, data))
+    study = study.replace(data=identified(study.data, data))
+    # A given base or yardstick is named by its files' bytes: a changed file is another run.
+    return study.replace(base=pin_checkpoints(study.base, study.model.arch, data))
 
 
 def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int | None = None, executor: str = "local",
@@ -72,15 +77,24 @@ def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int | None = None, exec
         FunclensError: a run failed on its input (exit 2); RuntimeError: a run failed on a fault of
             funclens (exit 1). Finished runs are kept either way.
     """
+    from funclens.models import check_arch
+
+    check_arch(study.model.arch)  # a factory that cannot be imported fails before the data are read
     # Read the data before any folder is made: a missing or damaged file is one clear error that leaves
     # nothing behind.
     study = pin_data(study, ctx)
     store = Store(Path(ctx.out))
     store.ensure_writable()
+    console = Console(stderr=True)
+    if study.base.checkpoint and study.distill.init == "base-init":
+        # as plan() does it; recorded in the study too, so that its report says how students started
+        study = study.replace(distill=dataclasses.replace(study.distill, init="fresh"))
+        if study.distill.alphas:
+            console.print("note: students start fresh: a given base has no initial weights to start them from",
+                          highlight=False, soft_wrap=True)
     planned = plan(study)
     specs = [p.spec for p in planned]
     jobs = jobs or (len(specs) if executor == "ray" else os.cpu_count() or 1)
-    console = Console(stderr=True)
     with store.lock(wait=wait):
         store.write_study(study_record(study, planned))
         # No refresh thread: the pool backend forks its workers, and a thread caught holding the
