@@ -726,6 +726,25 @@ def _check_known(name: str, md5s: dict[Path, str], arrays: tuple[np.ndarray, ...
 NUM_CLASSES = {"digits": 10, "mnist": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100}
 
 
+def _read_arrays(name: str, data_dir: Path | None, offline: bool, image_size: int
+                 ) -> tuple[tuple[np.ndarray, ...], dict[Path, str], tuple[str, ...]]:
+    """(train x, train y, test x, test y), the md5 of every canonical file read, and an own set's class names."""
+    if own_data_path(name) is not None:
+        arrays, classes = _load_own(name, image_size)
+        return arrays, {}, classes
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}, \"npz:PATH\" or \"folder:PATH\"")
+    if name == "digits":
+        return _load_digits(), {}, ()
+    folder = find_dataset(name, data_dir)
+    if folder is None:
+        if offline:
+            raise DataError(_missing_message(name, data_dir, "not found and --offline given"))
+        folder = download(name, Path(data_dir) if data_dir else default_data_dir())
+    arrays, md5s = _load_idx_set(folder, name) if name in ("mnist", "fashion-mnist") else _load_cifar(folder, name)
+    return arrays, md5s, ()
+
+
 def load_dataset(name: str, data_dir: Path | None = None, *, offline: bool = False, train_subset: int = 0,
                  test_subset: int = 0, allow_modified: bool = False, content: str = "",
                  image_size: int = 0) -> Dataset:
@@ -756,21 +775,7 @@ def load_dataset(name: str, data_dir: Path | None = None, *, offline: bool = Fal
         (10, 64)
     """
     own = own_data_path(name) is not None
-    if name not in DATASETS and not own:
-        raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}, \"npz:PATH\" or \"folder:PATH\"")
-    md5s: dict[Path, str] = {}
-    classes: tuple[str, ...] = ()
-    if own:
-        arrays, classes = _load_own(name, image_size)
-    elif name == "digits":
-        arrays = _load_digits()
-    else:
-        folder = find_dataset(name, data_dir)
-        if folder is None:
-            if offline:
-                raise DataError(_missing_message(name, data_dir, "not found and --offline given"))
-            folder = download(name, Path(data_dir) if data_dir else default_data_dir())
-        arrays, md5s = _load_idx_set(folder, name) if name in ("mnist", "fashion-mnist") else _load_cifar(folder, name)
+    arrays, md5s, classes = _read_arrays(name, data_dir, offline, image_size)
     trx, try_, tex, tey = arrays
     if train_subset:
         trx, try_ = trx[:train_subset], try_[:train_subset]

@@ -208,6 +208,15 @@ def _place_labels(fig: Figure, ax, items: Sequence[tuple[float, float, str, str]
             ax.plot([x, cx], [y, cy], color=colour, lw=0.5, alpha=0.6, zorder=4)
 
 
+def _trajectories(points: Sequence[Mapping[str, Any]]) -> list[list[int]]:
+    """Indices of the points of each trajectory (a point without one is its own), in order of first appearance."""
+    groups: dict[Any, list[int]] = {}
+    for i, pt in enumerate(points):
+        key = pt.get("trajectory")
+        groups.setdefault(("traj", key) if key is not None else ("single", i), []).append(i)
+    return list(groups.values())
+
+
 def plot_landscape(coords: np.ndarray, points: Sequence[Mapping[str, Any]], *, title: str) -> Figure:
     """The functional landscape figure: trajectories as thin lines with dots, final checkpoints as big letters.
 
@@ -233,13 +242,9 @@ def plot_landscape(coords: np.ndarray, points: Sequence[Mapping[str, Any]], *, t
         raise LandscapeError(f"need coords [M, 2] and M point descriptions, got {coords.shape} and {len(points)}")
     fig = Figure(figsize=(8.5, 6.5), layout="constrained")
     ax = fig.add_subplot()
-    groups: dict[Any, list[int]] = {}
-    for i, pt in enumerate(points):
-        key = pt.get("trajectory")
-        groups.setdefault(("traj", key) if key is not None else ("single", i), []).append(i)
     seen: dict[str, tuple[str, str, str]] = {}
     labels, letters = [], []
-    for idx in groups.values():
+    for idx in _trajectories(points):
         idx = sorted(idx, key=lambda i: (points[i].get("epoch") or 0, i))
         letter, colour, text = _role(points[idx[-1]])
         role = points[idx[-1]].get("role", "other")
