@@ -67,20 +67,8 @@ def epoch_images_per_s(data, precision: str) -> float:
     return float(history[0]["images_per_second"])
 
 
-def one_thread_ceilings(n: int, tries: int) -> dict[str, float]:
-    """GFLOP/s of an n x n matmul with one thread, fp32 and bf16 (see ``ceiling.matmul_gflops``).
-
-    Args:
-        n: the matrices' side.
-        tries: timed calls per figure.
-
-    Example:
-        >>> sorted(one_thread_ceilings(64, 1))
-        ['bf16_1', 'fp32_1']
-    """
-    from ceiling import matmul_gflops
-
-    return {"fp32_1": matmul_gflops(1, torch.float32, n, tries), "bf16_1": matmul_gflops(1, torch.bfloat16, n, tries)}
+# the one-thread ceilings beside which bf16 training is set: fp32 and bf16 matmul on one thread
+ONE_THREAD = {"fp32_1": (1, torch.float32), "bf16_1": (1, torch.bfloat16)}
 
 
 def bf16_bench(n_train: int, repeats: int, matmul_n: int, matmul_tries: int) -> dict[str, Any]:
@@ -102,12 +90,12 @@ def bf16_bench(n_train: int, repeats: int, matmul_n: int, matmul_tries: int) -> 
         >>> r["ratio"] == r["bf16"]["images_per_s"] / r["fp32"]["images_per_s"]
         True
     """
-    from ceiling import lenet_flops
+    from ceiling import gflops_of, lenet_flops
 
     prev = torch.get_num_threads()
     torch.set_num_threads(1)  # as every study's worker: one thread per run
     try:
-        first = one_thread_ceilings(matmul_n, matmul_tries)
+        first = gflops_of(ONE_THREAD, matmul_n, matmul_tries)
         data = mnist_shaped(n_train)
         for p in PRECISIONS:  # warm-up: the first epoch of each picks kernels and touches the memory
             epoch_images_per_s(mnist_shaped(min(n_train, 256)), p)
@@ -118,7 +106,7 @@ def bf16_bench(n_train: int, repeats: int, matmul_n: int, matmul_tries: int) -> 
                 runs[p].append(epoch_images_per_s(data, p))
             log(f"bf16 repeat {i + 1}/{repeats}: fp32 {runs['fp32'][-1]:,.0f}, bf16 {runs['bf16'][-1]:,.0f} "
                 "images/s")
-        last = one_thread_ceilings(matmul_n, matmul_tries)
+        last = gflops_of(ONE_THREAD, matmul_n, matmul_tries)
     finally:
         torch.set_num_threads(prev)
     ceilings = {k: max(first[k], last[k]) for k in first}  # other work only ever lowers a measurement

@@ -94,9 +94,18 @@ def measure_ceiling(n: int, tries: int) -> dict[str, float]:
         ['bf16_all', 'fp32_1', 'fp32_all']
     """
     threads = torch.get_num_threads()
-    return {"fp32_all": matmul_gflops(threads, torch.float32, n, tries),
-            "fp32_1": matmul_gflops(1, torch.float32, n, tries),
-            "bf16_all": matmul_gflops(threads, torch.bfloat16, n, tries)}
+    return gflops_of({"fp32_all": (threads, torch.float32), "fp32_1": (1, torch.float32),
+                      "bf16_all": (threads, torch.bfloat16)}, n, tries)
+
+
+def gflops_of(kinds: dict[str, tuple[int, torch.dtype]], n: int, tries: int) -> dict[str, float]:
+    """GFLOP/s of an n x n matmul for each ``name: (threads, dtype)`` of ``kinds``.
+
+    Example:
+        >>> list(gflops_of({"fp32_1": (1, torch.float32)}, 64, 1))
+        ['fp32_1']
+    """
+    return {name: matmul_gflops(threads, dtype, n, tries) for name, (threads, dtype) in kinds.items()}
 
 
 def combine_ceilings(first: dict[str, float], last: dict[str, float], *, threads: int, n: int,

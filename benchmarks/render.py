@@ -82,37 +82,57 @@ def header(r: dict[str, Any]) -> list[str]:
     return out + [""]
 
 
+def _train_cells(th: float, v: float, r: dict[str, Any]) -> list[str]:
+    used, thr = r["ceiling"]["used"], r["ceiling"]["threads"]
+    return [f"LeNet training at >= {th:g}% of the measured fp32 ceiling, averaged over a study",
+            f"{v:.1f}% of {used['fp32_all']:.1f} GFLOP/s ({thr} threads)"]
+
+
+def _speedup_cells(th: float, v: float, r: dict[str, Any]) -> list[str]:
+    e2e = r["end_to_end"]
+    med, n = e2e["medians"], len(e2e["runs"]["funclens"])
+    return [f"reduced paper-mnist end to end >= {th:g}x faster than the baseline",
+            f"{v:.2f}x ({fmt_s(med['baseline'])} vs {fmt_s(med['funclens'])}, medians of {n})"]
+
+
+def _analysis_cells(th: float, v: float, r: dict[str, Any]) -> list[str]:
+    a = r["analysis"]["full"]
+    return [f"analysis of {a['m']} x {a['n']:,} x {a['c']} in < {th:g} s", f"{v:.2f} s"]
+
+
+def _memory_cells(th: float, v: float, r: dict[str, Any]) -> list[str]:
+    inp = r["analysis"]["full"]["input_bytes"] / GIB
+    return [f"... with peak memory < {th:g} GiB", f"{v:.2f} GiB total peak RSS (input {inp:.2f} GiB)"]
+
+
+def _bf16_cells(th: float, v: float, r: dict[str, Any]) -> list[str]:
+    b = r["bf16"]
+    speeds = f"{b['bf16']['images_per_s']:,.0f} vs {b['fp32']['images_per_s']:,.0f} images/s"
+    return [f"LeNet training in bf16 >= {th:g}x the images/s of fp32 (one thread, same run)",
+            f"{v:.2f}x ({speeds}, medians of {b['repeats']}); see section 6"]
+
+
+def _full_study_cells(th: float, v: float | None, r: dict[str, Any]) -> list[str]:
+    pm = r["full_studies"][0]
+    what = f"full {pm['preset']} wall time beside the FLOP limit"
+    if v is None:
+        return [what, f"not run here (no {pm['folder']}.time)"]
+    return [what, f"{fmt_s(v)} (commit {pm['measured']['commit'][:7]}) vs {fmt_s(pm['limit_s'])} at 100% of "
+                  f"the ceiling ({pm['pct_of_ceiling']:.1f}% of the ceiling); see section 5"]
+
+
+# target key -> what the target asks and what was measured, in words, from its threshold, value and the data
+_TARGET_CELLS = {"train_pct_of_ceiling": _train_cells, "speedup": _speedup_cells,
+                 "analysis_seconds": _analysis_cells, "analysis_peak_gib": _memory_cells,
+                 "bf16_speedup": _bf16_cells, "full_study_wall_s": _full_study_cells}
+
+
 def _target_cells(t: dict[str, Any], r: dict[str, Any]) -> list[str]:
     """What a target asks and what was measured, in words, from the target's key and the data beside it."""
-    used, thr = r["ceiling"]["used"], r["ceiling"]["threads"]
-    e2e, a = r["end_to_end"], r["analysis"]["full"]
-    k, th, v = t["key"], t["threshold"], t["value"]
-    if k == "train_pct_of_ceiling":
-        return [f"LeNet training at >= {th:g}% of the measured fp32 ceiling, averaged over a study",
-                f"{v:.1f}% of {used['fp32_all']:.1f} GFLOP/s ({thr} threads)"]
-    if k == "speedup":
-        med = e2e["medians"]
-        return [f"reduced paper-mnist end to end >= {th:g}x faster than the baseline",
-                f"{v:.2f}x ({fmt_s(med['baseline'])} vs {fmt_s(med['funclens'])}, medians of "
-                f"{len(e2e['runs']['funclens'])})"]
-    if k == "analysis_seconds":
-        return [f"analysis of {a['m']} x {a['n']:,} x {a['c']} in < {th:g} s", f"{v:.2f} s"]
-    if k == "analysis_peak_gib":
-        return [f"... with peak memory < {th:g} GiB",
-                f"{v:.2f} GiB total peak RSS (input {a['input_bytes'] / GIB:.2f} GiB)"]
-    if k == "bf16_speedup":
-        b = r["bf16"]
-        return [f"LeNet training in bf16 >= {th:g}x the images/s of fp32 (one thread, same run)",
-                f"{v:.2f}x ({b['bf16']['images_per_s']:,.0f} vs {b['fp32']['images_per_s']:,.0f} images/s, medians "
-                f"of {b['repeats']}); see section 6"]
-    if k == "full_study_wall_s":
-        pm = r["full_studies"][0]
-        what = f"full {pm['preset']} wall time beside the FLOP limit"
-        if v is None:
-            return [what, f"not run here (no {pm['folder']}.time)"]
-        return [what, f"{fmt_s(v)} (commit {pm['measured']['commit'][:7]}) vs {fmt_s(pm['limit_s'])} at 100% of "
-                      f"the ceiling ({pm['pct_of_ceiling']:.1f}% of the ceiling); see section 5"]
-    raise ResultsError(f"unknown target {k!r} in the results file")
+    cells = _TARGET_CELLS.get(t["key"])
+    if cells is None:
+        raise ResultsError(f"unknown target {t['key']!r} in the results file")
+    return cells(t["threshold"], t["value"], r)
 
 
 def targets_section(r: dict[str, Any]) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,39 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict |
     e = {**os.environ, "PYTHONHASHSEED": "0", **(env or {})}
     return subprocess.run([sys.executable, "-m", "funclens", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=timeout, env=e)
+
+
+def two_seed_study(name: str, *, dataset: str = "digits", data: str = "", epochs: int = 1, train: str = "",
+                   distill: str = "") -> str:
+    """A study file of the base and one independent model, 8-bit quantization and no students: the smallest
+    study that still has a yardstick. ``data``, ``train`` and ``distill`` add lines to those tables."""
+    return (f'name = "{name}"\nseeds = [0, 1]\nquantize = ["8-bit"]\nprune = []\n'
+            f'[data]\ndataset = "{dataset}"\n{data}[train]\nepochs = {epochs}\n{train}[distill]\nalphas = []\n{distill}')
+
+
+def chromium(page: Path, tmp_path: Path, height: int = 2400) -> tuple[str, Path]:
+    """(DOM after load, screenshot) of ``page`` in headless Chromium, as a person would see it."""
+    exe = next((c for c in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(c).exists()), None)
+    assert exe, "chromium is part of the test setup (make test installs it)"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([exe, *flags, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    shot = tmp_path / "report.png"
+    subprocess.run([exe, *flags, f"--window-size=1200,{height}", f"--screenshot={shot}", page.as_uri()],
+                   capture_output=True, timeout=120)
+    return dom, shot
+
+
+@pytest.fixture(scope="session")
+def small_reported(small_ref: Path, tmp_path_factory) -> Path:
+    """A copy of the small study (quantize = ["16-bit", "8-bit"]) with its report built. Tests read it only."""
+    out = tmp_path_factory.mktemp("reported") / "out"
+    shutil.copytree(small_ref, out)
+    r = run_cli("report", str(out))
+    assert r.returncode == 0, r.stderr
+    return out
 
 
 SMALL_STUDY = """

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import run_cli, two_seed_study
 from funclens import metrics
 from funclens.config import DataCfg, DistillGrid, ModelCfg, RunSpec, StudyCfg, TrainCfg
 from funclens.data import load_dataset
@@ -28,20 +28,7 @@ from test_resume import base_run, checkpoint_epoch, killed_study, pred_files
 # was before bf16 ran on the CPU, on this project's machine. fp32 must keep computing exactly this.
 SMALL_STUDY_FP32_PREDS = "fd586e8efe1ad583fe37d915198f4f652449be06188d97e16e2a3fd71d63d473"
 
-BF16_STUDY = """
-name = "bf16"
-seeds = [0, 1]
-quantize = ["8-bit"]
-prune = []
-[data]
-dataset = "digits"
-[train]
-epochs = 3
-lr = 0.02
-precision = "bf16"
-[distill]
-alphas = []
-"""
+BF16_STUDY = two_seed_study("bf16", epochs=3, train='lr = 0.02\nprecision = "bf16"\n')
 
 
 def preds_digest(out: Path) -> str:

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, two_seed_study
 from funclens.data import load_dataset
 
 
@@ -175,20 +175,7 @@ def test_a_flipped_bit_in_a_real_gz_is_a_clean_refusal(tmp_path, shared_data):
     one_line_error(r, "t10k-labels-idx1-ubyte.gz", "gzip")
 
 
-TINY_MNIST = """
-name = "tiny"
-seeds = [0, 1]
-quantize = ["8-bit"]
-prune = []
-[data]
-dataset = "mnist"
-train_subset = 200
-test_subset = 100
-[train]
-epochs = 1
-[distill]
-alphas = []
-"""
+TINY_MNIST = two_seed_study("tiny", dataset="mnist", data="train_subset = 200\ntest_subset = 100\n")
 
 
 def test_a_rerun_on_repaired_data_recomputes_every_run(tmp_path, shared_data):
@@ -215,16 +202,7 @@ def test_a_rerun_on_repaired_data_recomputes_every_run(tmp_path, shared_data):
                                                            test_subset=100).content_sha256
 
 
-SLOW_STUDY = """
-name = "slow"
-seeds = [0, 1]
-quantize = ["8-bit"]
-prune = []
-[train]
-epochs = 40
-[distill]
-alphas = []
-"""
+SLOW_STUDY = two_seed_study("slow", epochs=40)
 
 
 def test_sigint_prints_the_interrupted_line_and_exits_130_with_stderr_a_pipe(tmp_path):

@@ -197,7 +197,7 @@ def test_a_gz_without_its_crc_trailer_is_refused(shared_data, tmp_path):
 def test_a_data_file_that_is_not_a_regular_file_is_refused_at_once(tmp_path):
     os.mkfifo(tmp_path / "fifo")
     for p in (tmp_path / "fifo", tmp_path, Path("/dev/zero")):
-        with pytest.raises(DataError, match="not a regular file"):
+        with pytest.raises(DataError, match="must be a regular file"):
             read_idx(p)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -172,13 +171,9 @@ def test_without_labels_the_labelled_fields_are_null_and_the_rest_is_there():
 # ---------------------------------------------------------------- a real small study
 
 
-@pytest.fixture(scope="module")
-def studied(small_ref: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("diag") / "out"
-    shutil.copytree(small_ref, out)
-    r = run_cli("report", str(out))
-    assert r.returncode == 0, r.stderr
-    return out
+@pytest.fixture
+def studied(small_reported: Path) -> Path:
+    return small_reported
 
 
 def test_the_base_run_stores_the_test_labels_listed_in_done(studied):

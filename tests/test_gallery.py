@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import SHARED_DATA, need, run_cli
+from conftest import SHARED_DATA, chromium, need, run_cli
 from funclens.report import build_report
 
 STUDY = """
@@ -37,20 +36,6 @@ def mnist_study(tmp_path_factory) -> Path:
     return d / "out"
 
 
-def _chromium(page: Path, tmp_path: Path) -> tuple[str, Path]:
-    chromium = next((c for c in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(c).exists()), None)
-    assert chromium, "chromium is part of the test setup (.ci/run installs it)"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([chromium, *flags, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
-    shot = tmp_path / "report.png"
-    subprocess.run([chromium, *flags, "--window-size=1200,6000", f"--screenshot={shot}", page.as_uri()],
-                   capture_output=True, timeout=120)
-    return dom, shot
-
-
 def test_mnist_gallery_renders_in_headless_chromium(mnist_study, tmp_path):
     html = (mnist_study / "report.html").read_text()
     # each gallery image reports, after load, whether it decoded and its natural size in pixels
@@ -58,7 +43,7 @@ def test_mnist_gallery_renders_in_headless_chromium(mnist_study, tmp_path):
     probe.write_text(html.replace("</body>", "<script>document.title=JSON.stringify([...document.querySelectorAll("
                                              "'img.gallery-img')].map(i=>[i.complete,i.naturalWidth,i.naturalHeight]))"
                                              "</script></body>"))
-    dom, shot = _chromium(probe, tmp_path)
+    dom, shot = chromium(probe, tmp_path, height=6000)
     images = json.loads(re.search(r"<title>(.*?)</title>", dom, re.S).group(1).replace("&quot;", '"'))
     # 90% pruning of a one-epoch LeNet changes many labels: its exemplars fill their row, and flips fill theirs
     assert len(images) >= 12, images

@@ -21,14 +21,9 @@ from funclens.rfd import rfd
 from funclens.store import Store
 
 
-@pytest.fixture(scope="module")
-def reported(small_ref: Path, tmp_path_factory) -> Path:
-    """A copy of the small study (quantize = ["16-bit", "8-bit"]) with its report built."""
-    out = tmp_path_factory.mktemp("reported") / "out"
-    shutil.copytree(small_ref, out)
-    r = run_cli("report", str(out))
-    assert r.returncode == 0, r.stderr
-    return out
+@pytest.fixture
+def reported(small_reported: Path) -> Path:
+    return small_reported
 
 
 def _plan(out: Path) -> list[dict]:

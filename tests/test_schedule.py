@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, two_seed_study
 from funclens.backends.inprocess import InProcessBackend
 from funclens.backends.pool import PoolBackend
 from funclens.config import DataCfg, ModelCfg, PruneCfg, QuantCfg, RunSpec, TrainCfg
@@ -163,20 +163,7 @@ def test_an_internal_error_is_an_internal_fault_with_its_traceback(tmp_path):
     assert "Traceback" in outcome.detail and "\n" not in outcome.message
 
 
-STUDY = """
-name = "faults"
-seeds = [0, 1]
-quantize = ["8-bit"]
-prune = []
-[data]
-dataset = "digits"
-[train]
-epochs = 1
-lr = {lr}
-[distill]
-alphas = []
-control = false
-"""
+STUDY = two_seed_study("faults", train="lr = {lr}\n", distill="control = false\n")
 
 
 def failure_lines(stderr: str) -> list[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import FASHION, need, run_cli
+from conftest import FASHION, chromium, need, run_cli
 
 SUMMARY_FIELDS = {"method", "setting", "runs", "accuracy", "accuracy_deviation_pct", "accuracy_deviation_std",
                   "disagreement", "js", "rfd", "rfd_ci", "verdict"}
@@ -111,22 +111,13 @@ def test_compare_refuses_bad_arrays_naming_the_file(tmp_path):
 
 def render_in_chromium(report: Path, tmp_path: Path) -> tuple[str, list, Path]:
     """(DOM after load, [decoded?, natural width] of every image, screenshot) of a report in headless Chromium."""
-    chromium = next((c for c in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(c).exists()), None)
-    assert chromium, "chromium is part of the test setup (.ci/run installs it)"
     # Chromium writes the page's DOM after load: each image reports whether it decoded and its size.
     probe = report.parent / "probe.html"
     page = report.read_text().replace(
         "</body>", "<script>document.title=JSON.stringify([...document.querySelectorAll('img:not(.gallery-img)')].map(i=>[i.complete,i.naturalWidth]))"
                    "</script></body>")
     probe.write_text(page)
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([chromium, *flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
-    shot = tmp_path / "report.png"
-    subprocess.run([chromium, *flags, "--window-size=1200,2400", f"--screenshot={shot}", probe.as_uri()],
-                   capture_output=True, timeout=120)
+    dom, shot = chromium(probe, tmp_path)
     probe.unlink()
     title = re.search(r"<title>(.*?)</title>", dom, re.S).group(1)
     return dom, json.loads(title.replace("&quot;", '"')), shot

@@ -18,9 +18,7 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import re
-import stat
 import tomllib
 import types
 import typing
@@ -29,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Union
 
 from funclens.errors import ConfigError, FunclensError  # noqa: F401  (re-exported)
+from funclens.safeio import read_regular
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -547,29 +546,6 @@ def reference_markdown() -> str:
     return "\n".join(out) + "\n"
 
 
-def read_at_most(fd: int, limit: int) -> bytes:
-    """Up to ``limit`` bytes from the open file ``fd``, read in chunks of at most 1 MiB: a bound on
-    what a file that grows while it is read, or a device, can make funclens hold.
-
-    Args:
-        fd: an open file descriptor.
-        limit: the most bytes returned.
-
-    Example:
-        >>> fd = os.open("/dev/zero", os.O_RDONLY)
-        >>> len(read_at_most(fd, 5)); os.close(fd)
-        5
-    """
-    chunks, got = [], 0
-    while got < limit:
-        chunk = os.read(fd, min(limit - got, 1 << 20))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
-
-
 def read_study_text(path: Path) -> str:
     """The text of a study file: a regular file of at most ``MAX_STUDY_FILE_BYTES``, in UTF-8.
 
@@ -584,21 +560,7 @@ def read_study_text(path: Path) -> str:
         Traceback (most recent call last):
         funclens.errors.ConfigError: /dev/null: a study file must be a regular file
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise ConfigError(f"study file not found: {path}") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the study file ({e.strerror})") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ConfigError(f"{path}: a study file must be a regular file")
-        raw = read_at_most(fd, MAX_STUDY_FILE_BYTES + 1)
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the study file ({e.strerror})") from None
-    finally:
-        os.close(fd)
-    _check(len(raw) <= MAX_STUDY_FILE_BYTES, f"{path}: over the {MAX_STUDY_FILE_BYTES}-byte limit of a study file")
+    raw = read_regular(path, MAX_STUDY_FILE_BYTES, ConfigError, "study file")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:

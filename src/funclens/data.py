@@ -38,8 +38,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from funclens.config import DATASETS, MAX_IMAGE_SIZE, DataCfg, own_data_path, read_at_most
+from funclens.config import DATASETS, MAX_IMAGE_SIZE, DataCfg, own_data_path
 from funclens.errors import DataError, FunclensError
+from funclens.safeio import read_regular
 
 
 DEBIAN_DATASETS = Path("/usr/share/datasets")
@@ -181,29 +182,8 @@ def _missing_message(name: str, data_dir: Path | None, why: str) -> str:
 # ---------------------------------------------------------------- reading files with bounds
 
 def _read_bounded(path: Path, limit: int) -> bytes:
-    """The bytes of the regular file ``path``, refused when over ``limit`` bytes.
-
-    Opened without blocking and checked with fstat before any read, so a FIFO, a device such as
-    /dev/zero or a folder is refused at once instead of hanging or filling the memory.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as e:
-        raise DataError(f"{path}: unreadable ({e.strerror})") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise DataError(f"{path}: not a regular file")
-        if st.st_size > limit:
-            raise DataError(f"{path}: {st.st_size} bytes, over the {limit}-byte limit")
-        raw = read_at_most(fd, limit + 1)
-    except OSError as e:
-        raise DataError(f"{path}: unreadable ({e.strerror})") from None
-    finally:
-        os.close(fd)
-    if len(raw) > limit:
-        raise DataError(f"{path}: over the {limit}-byte limit")
-    return raw
+    """The bytes of the regular data file ``path``, refused when over ``limit`` bytes (see safeio)."""
+    return read_regular(path, limit, DataError, "data file")
 
 
 # ---------------------------------------------------------------- IDX

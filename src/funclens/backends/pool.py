@@ -5,19 +5,20 @@ with two threads; one thread per run also makes results independent of the numbe
 Workers are forked on the CPU (they start at once, sharing this process's imports and loaded data
 set) and spawned for CUDA, which does not survive a fork.
 
-Example:
+Example (two runs side by side, one per worker):
     >>> import tempfile
     >>> from funclens.config import DataCfg, ModelCfg, RunSpec, TrainCfg
     >>> from funclens.execute import RunContext
-    >>> b = PoolBackend(RunContext(out=tempfile.mkdtemp()))
-    >>> b.start(1, None)
-    >>> b.submit(RunSpec("train", DataCfg("digits"), ModelCfg("lenet"), TrainCfg(epochs=1)))
+    >>> pool = PoolBackend(RunContext(out=tempfile.mkdtemp()))
+    >>> pool.start(2, None)
+    >>> for seed in (0, 1):
+    ...     pool.submit(RunSpec("train", DataCfg("digits"), ModelCfg("lenet"), TrainCfg(epochs=1, seed=seed)))
     >>> outcomes = []
-    >>> while not outcomes:
-    ...     outcomes = b.wait(0.1)
-    >>> [o.ok for o in outcomes]
-    [True]
-    >>> b.close()
+    >>> while len(outcomes) < 2:
+    ...     outcomes += pool.wait(0.1)
+    >>> sorted(o.ok for o in outcomes)
+    [True, True]
+    >>> pool.close()
 """
 
 from __future__ import annotations
