@@ -97,7 +97,8 @@ def _speedup_cells(th: float, v: float, r: dict[str, Any]) -> list[str]:
 
 def _analysis_cells(th: float, v: float, r: dict[str, Any]) -> list[str]:
     a = r["analysis"]["full"]
-    return [f"analysis of {a['m']} x {a['n']:,} x {a['c']} in < {th:g} s", f"{v:.2f} s"]
+    what = "distances, landscape" + (" and per-row diagnostics" if "diagnostics" in a["times"] else "")
+    return [f"analysis of {a['m']} x {a['n']:,} x {a['c']} ({what}) in < {th:g} s", f"{v:.2f} s"]
 
 
 def _memory_cells(th: float, v: float, r: dict[str, Any]) -> list[str]:
@@ -259,14 +260,18 @@ def _funclens_analysis(an: dict[str, Any]) -> list[str]:
     rows = []
     for a in (an["full"], an["small"]):
         t = a["times"]
-        rows.append([a["m"], f"{t['disagreement']:.2f} s", f"{t['hellinger']:.2f} s", f"{t['embed']:.2f} s",
+        diag = f"{t['diagnostics']:.2f} s" if "diagnostics" in t else "-"
+        rows.append([a["m"], f"{t['disagreement']:.2f} s", f"{t['hellinger']:.2f} s", f"{t['embed']:.2f} s", diag,
                      f"**{t['total']:.2f} s**", f"{a['peak'] / MIB:,.0f} MiB", f"{a['input_bytes'] / MIB:,.0f} MiB",
                      f"{(a['peak'] - a['input_bytes']) / MIB:,.0f} MiB", f"{a['rss_before'] / MIB:,.0f} MiB",
                      f"{(a['peak'] - a['rss_before']) / MIB:,.0f} MiB"])
-    head = ["checkpoints", "disagreement", "hellinger", "embed", "total", "peak RSS", "input", "peak - input",
-            "RSS before the step", "step's own (peak - before)"]
+    head = ["checkpoints", "disagreement", "hellinger", "embed", "diagnostics", "total", "peak RSS", "input",
+            "peak - input", "RSS before the step", "step's own (peak - before)"]
     return ["**funclens**: `pairwise(preds, \"disagreement\")` + `pairwise(preds, \"hellinger\")` + "
-            "`landscape.embed(preds)`, on the [M, N, C] float16 array.", "", *_table(head, rows), "",
+            "`landscape.embed(preds)`, on the [M, N, C] float16 array; on the full size also every row's "
+            "diagnostics as a summary has them (`summary.diagnose`: flips, McNemar, KL tails, true-class change, "
+            "margin deciles, ECE, per class) for the final checkpoint of every trajectory against the first, with "
+            "synthetic labels.", "", *_table(head, rows), "",
             "RSS before the step = interpreter, libraries (torch, scikit-learn, matplotlib) and the input.",
             f"On {an['small']['m']} checkpoints, funclens's `pairwise(preds, \"js\")` (the baseline's metric) took "
             f"{an['small']['times']['js']:.2f} s.", ""]
