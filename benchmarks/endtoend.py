@@ -42,7 +42,7 @@ def reduced_study(sz: Sizes):
 def baseline_cfg(study, data_dir: Path):
     """The baseline's config, read off the same StudyCfg so both sides do the same work by construction."""
     import baseline as bl
-    from funclens.report import N_BOOT
+    from funclens.rfd import N_BOOT
 
     t = study.train
     assert t.optimizer == "sgd" and not study.distill.control and not study.prune_global

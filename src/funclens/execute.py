@@ -50,10 +50,6 @@ class RunContext:
     channels_last: bool = True
 
 
-class RunFailed(FunclensError):
-    pass
-
-
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when a GPU is usable, else ``cpu``; ``cuda`` without one is bad input.
 

@@ -21,7 +21,7 @@ from funclens import __version__, metrics, paths
 from funclens.gallery import add_gallery
 from funclens.pairwise import pairwise
 from funclens.plan import ROLES
-from funclens.rfd import INDEPENDENT_ABOVE, N_BOOT, PRESERVE_BELOW
+from funclens.rfd import INDEPENDENT_ABOVE, N_BOOT
 from funclens.store import Store, atomic_write_bytes, atomic_write_text
 from funclens.summary import RunView, StudyView, analyse, load_study
 
