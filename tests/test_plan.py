@@ -49,8 +49,11 @@ def test_every_planned_role_is_in_the_roles_table_with_distinct_letters_and_colo
     assert len({r.letter for r in ROLES.values()}) == len({r.colour for r in ROLES.values()}) == len(ROLES)
     assert [ROLES[k].method for k in ("student", "control", "quantize", "prune")] == [
         "distill", "distill", "quantize", "prune"]
+    # the letters of the paper's figures (B base, I independent, D distillation, Q quantization, P pruning)
+    letters = {"base": "B", "independent": "I", "student": "D", "quantize": "Q", "prune": "P"}
     for r in plan(study):
-        assert r.letter == ROLES[r.role].letter and r.to_json()["role"] == r.role
+        assert r.letter == letters.get(r.role, r.letter) and r.to_json()["role"] == r.role
+    assert {r.letter for r in plan(study) if r.role in letters} == set(letters.values())
     assert [r.setting for r in plan(study) if r.role == "prune"][-1] == "global 50%"
 
 

@@ -117,8 +117,8 @@ def effect(base: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> tuple[flo
         >>> effect(eye[[0, 0, 1]], eye[[0, 1, 1]], np.array([0, 0, 0]))[:2]
         (0.3333333333333333, 0.3333333333333333)
     """
-    right_b, right_m = base.argmax(1) == labels, probs.argmax(1) == labels
-    return (float(np.mean(right_b != right_m)), metrics.distance(base, probs, "disagreement"),
+    c2w, w2c = metrics.flips(base, probs, labels)
+    return ((c2w + w2c) / len(labels), metrics.distance(base, probs, "disagreement"),
             metrics.distance(base, probs, "kl"))
 
 

@@ -28,8 +28,9 @@ import torch
 import torch.nn as nn
 
 from funclens.config import BaseCfg
-from funclens.data import Dataset, _read_bounded
-from funclens.errors import ConfigError, DataError
+from funclens.data import Dataset
+from funclens.safeio import read_regular
+from funclens.errors import ConfigError
 
 # ResNet-50's state_dict takes 100 MB; timm's largest CNNs a few GB. A checkpoint is read whole to hash it.
 MAX_CHECKPOINT_BYTES = 4 << 30
@@ -49,10 +50,7 @@ def read_state_dict(path: Path | str) -> tuple[dict[str, torch.Tensor], str]:
         ['w']
     """
     path = Path(path)
-    try:
-        raw = _read_bounded(path, MAX_CHECKPOINT_BYTES)
-    except DataError as e:
-        raise ConfigError(f"checkpoint {e}") from None
+    raw = read_regular(path, MAX_CHECKPOINT_BYTES, ConfigError, "checkpoint")
     try:
         obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as e:  # a damaged or pickled-code file can raise nearly anything; all mean "not a state_dict"

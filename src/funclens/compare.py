@@ -200,14 +200,6 @@ def read_item(item: str | Path) -> Item:
 
 # ---------------------------------------------------------------- comparing
 
-def _labels_ok(y: np.ndarray, n: int, c: int, name: str) -> np.ndarray:
-    if y.ndim != 1 or len(y) != n or not np.issubdtype(y.dtype, np.integer):
-        raise CompareError(f"{name}: labels must be integers [N] with N = {n}, got {y.dtype} {y.shape}")
-    if len(y) and (y.min() < 0 or y.max() >= c):
-        raise CompareError(f"{name}: labels outside 0..{c - 1}")
-    return y
-
-
 def _row(base: Item, it: Item, indeps: list[Item], labels: np.ndarray | None, metric: str, n_boot: int,
          seed: int) -> dict:
     row = {"model": it.name, "method": "model", "role": "independent" if it.independent else None,
@@ -251,7 +243,7 @@ def compare(items: Sequence[Item], *, labels: np.ndarray | None = None, metric: 
                            f"{base.name}); put the base first without {INDEP_PREFIX}")
     metrics.check_same_shape({it.name: it.preds for it in items})
     n, c = base.preds.shape
-    y = None if labels is None else _labels_ok(np.asarray(labels), n, c, "labels")
+    y = None if labels is None else metrics.check_labels(labels, n, c, "labels")
     indeps = [it for it in rest if it.independent]
     result = {"base": base.name, "metric": metric, "independents": [i.name for i in indeps],
               "rows": [_row(base, it, indeps, y, metric, n_boot, seed) for it in rest]}
@@ -280,7 +272,7 @@ def compare_items(items: Sequence[str | Path], *, labels: str | Path | None = No
     if labels is not None:
         y = read_array(labels)
         if read:
-            _labels_ok(y, *read[0].preds.shape, str(labels))
+            metrics.check_labels(y, *read[0].preds.shape, str(labels))
     return compare(read, labels=y, metric=metric)
 
 

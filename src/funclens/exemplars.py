@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from funclens.errors import MetricsError
+from funclens.metrics import top1_margin
 
 COLUMNS = ("setting", "index", "true_label", "modal_uncompressed", "modal_compressed", "share", "base_margin",
            "population")
@@ -59,21 +60,6 @@ def modal_labels(preds: Sequence[np.ndarray]) -> np.ndarray:
     return counts.argmax(axis=0)
 
 
-def margin(probs: np.ndarray) -> np.ndarray:
-    """Top-1 minus top-2 probability of each input.
-
-    Args:
-        probs: ``[N, C]`` softmax outputs, C >= 2.
-
-    Example:
-        >>> import numpy as np
-        >>> margin(np.array([[0.7, 0.2, 0.1]])).round(3).tolist()
-        [0.5]
-    """
-    part = np.sort(np.asarray(probs, dtype=np.float64), axis=1)
-    return part[:, -1] - part[:, -2]
-
-
 def exemplars(uncompressed: Sequence[np.ndarray], compressed: Sequence[np.ndarray],
               labels: np.ndarray | None = None) -> list[Exemplar]:
     """Inputs whose modal label the compressed models changed, most striking first.
@@ -99,7 +85,7 @@ def exemplars(uncompressed: Sequence[np.ndarray], compressed: Sequence[np.ndarra
         raise MetricsError("exemplars need prediction arrays of one shape [N, C]")
     ref, mod = modal_labels(uncompressed), modal_labels(compressed)
     share = np.mean([np.asarray(p).argmax(axis=1) != ref for p in compressed], axis=0)
-    base_margin = margin(uncompressed[0])
+    base_margin = top1_margin(uncompressed[0])
     idx = np.flatnonzero(mod != ref)
     order = idx[np.lexsort((idx, -base_margin[idx], -share[idx]))]
     return [Exemplar(int(i), int(ref[i]), int(mod[i]), float(share[i]), float(base_margin[i]),

@@ -33,7 +33,7 @@ from funclens.config import FunclensError
 from funclens.metrics import METRIC_UNITS
 from funclens.plan import ROLES
 from funclens.pairwise import Preds, sqrt_gram
-from funclens.rfd import INDEPENDENT_ABOVE, PRESERVE_BELOW
+from funclens.rfd import CI, INDEPENDENT_ABOVE, PRESERVE_BELOW
 
 # rows without a role (the Python API's) take the colour of the first role with their method
 _ROLE_OF_METHOD = {r.method: r for r in reversed(ROLES.values())}
@@ -450,7 +450,7 @@ def plot_accuracy_vs_distance(rows: Sequence[Mapping[str, Any]], *, title: str) 
     if skipped:
         notes.append(ax.text(0.99, 0.01, f"{skipped} row(s) without a finite RFD not shown",
                              transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.4"))
-    ax.set_xlabel(f"relative functional distance to the base (RFD, 95% bootstrap CI){xnote}")
+    ax.set_xlabel(f"relative functional distance to the base (RFD, {CI:.0%} bootstrap CI){xnote}")
     ax.set_ylabel(f"accuracy deviation from the base (%){ynote}")
     ax.set_title(title)
     _place_labels(fig, ax, labels, notes)

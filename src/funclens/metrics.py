@@ -326,13 +326,28 @@ ECE_BINS = 15      # equal-width confidence bins, as in Guo et al. 2017
 MARGIN_BINS = 10   # deciles of the base's top-1 margin
 
 
-def _labels_for(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    y = np.asarray(labels)
-    if y.ndim != 1 or len(y) != len(probs) or not np.issubdtype(y.dtype, np.integer):
-        raise MetricsError(f"labels must be integers [N] with N = {len(probs)}, got {y.dtype} {y.shape}")
-    if len(y) and (y.min() < 0 or y.max() >= probs.shape[1]):
-        raise MetricsError(f"labels outside 0..{probs.shape[1] - 1}")
+def check_labels(labels: np.ndarray, n: int, c: int, where: str = "") -> np.ndarray:
+    """``labels`` as an array, if they are integer class labels ``[n]`` in ``0..c-1``; else one MetricsError line.
+
+    Args:
+        labels: the labels, any array-like.
+        n, c: the number of test inputs and of classes of the predictions they go with.
+        where: what to name in the message (e.g. the labels' file name).
+
+    Example:
+        >>> check_labels([0, 2], 2, 3).tolist()
+        [0, 2]
+    """
+    y, at = np.asarray(labels), f"{where}: " if where else ""
+    if y.ndim != 1 or len(y) != n or not np.issubdtype(y.dtype, np.integer):
+        raise MetricsError(f"{at}labels must be integers [N] with N = {n}, got {y.dtype} {y.shape}")
+    if len(y) and (y.min() < 0 or y.max() >= c):
+        raise MetricsError(f"{at}labels outside 0..{c - 1}")
     return y
+
+
+def _labels_for(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return check_labels(labels, len(probs), probs.shape[1])
 
 
 def flips(base: np.ndarray, model: np.ndarray, labels: np.ndarray) -> tuple[int, int]:

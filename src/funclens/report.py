@@ -21,7 +21,9 @@ from funclens import __version__, metrics, paths
 from funclens.gallery import add_gallery
 from funclens.pairwise import pairwise
 from funclens.plan import ROLES
-from funclens.rfd import INDEPENDENT_ABOVE, N_BOOT
+from funclens.rfd import CI, INDEPENDENT_ABOVE, N_BOOT
+
+_CI = f"{CI:.0%}"  # the intervals' coverage, as table heads print it
 from funclens.store import Store, atomic_write_bytes, atomic_write_text
 from funclens.summary import RunView, StudyView, analyse, load_study
 
@@ -81,7 +83,7 @@ def _distance_tables(summaries: list[dict]) -> tuple[str, str]:
     rows = [["dataset", "architecture", "role", "method", "setting", "runs", "accuracy", "accuracy_deviation_pct",
              "disagreement", "js", "tv", "rfd", "rfd_lo", "rfd_hi", "rfd_yardstick_lo", "rfd_yardstick_hi",
              "p_closer", "verdict", "fp32_bytes", "weight_bytes", "sparse_bytes", "sparsity"]]
-    md = ["| Architecture | method | setting | acc. dev. % | disagreement | JS (bits) | RFD [95% CI] | "
+    md = ["| Architecture | method | setting | acc. dev. % | disagreement | JS (bits) | " + f"RFD [{_CI} CI] | "
           "yardstick range | p(closer) | verdict | ≈ parameters | bytes | compressed bytes | sparsity |",
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
@@ -276,8 +278,8 @@ def units_note(summary: dict) -> str:
     return (f"Units: disagreement is the fraction of test inputs whose top-1 prediction differs; JS is the "
             f"Jensen-Shannon divergence in bits (0 to 1); the distance behind RFD is {m} "
             f"({metrics.METRIC_UNITS[m]}). Accuracy changes are in % of the base's accuracy; ± is the sample "
-            f"standard deviation over student seeds. RFD [a, b]: the 95% percentile bootstrap interval over test "
-            f"inputs ({t['bootstrap']} resamples, the same resampled inputs for every model). The second interval "
+            f"standard deviation over student seeds. RFD [a, b]: the {t['ci']:.0%} percentile bootstrap interval over "
+            f"test inputs ({t['bootstrap']} resamples, the same resampled inputs for every model). The second interval "
             f"takes the yardstick from each independent model alone and spans the lowest to the highest end: the "
             f"yardstick's own noise, which the first leaves out. p: one-sided bootstrap p-value against 'no "
             f"closer to the base than the independent models are'; at its floor it prints p < {1 / t['bootstrap']:.3g}. "
@@ -349,7 +351,7 @@ def overview_rows(summary: dict) -> list[dict]:
 
 def overview_md(summary: dict) -> str:
     mark = {"preserves": "🟢", "partial": "🟠", "independent-like": "🔴", "undetermined": "⚪"}
-    lines = ["| method | setting | verdict | accuracy change | predictions changed | RFD [95% CI] | "
+    lines = [f"| method | setting | verdict | accuracy change | predictions changed | RFD [{_CI} CI] | "
              "yardstick range |", "|---|---|---|---|---|---|---|"]
     for o in overview_rows(summary):
         lines.append(f"| {o['method']} | {o['setting']} | {mark.get(o['verdict'], '')} {o['verdict']}"
@@ -360,7 +362,7 @@ def overview_md(summary: dict) -> str:
 
 def _overview_html(summary: dict) -> str:
     head = ("<tr><th>method</th><th>setting</th><th>verdict</th><th>accuracy change</th>"
-            "<th>predictions changed</th><th>RFD [95% CI]</th><th>yardstick range</th></tr>")
+            f"<th>predictions changed</th><th>RFD [{_CI} CI]</th><th>yardstick range</th></tr>")
     trs = []
     for o in overview_rows(summary):
         badge = (f"<span class='badge' style='background:{BADGE_COLOURS.get(o['verdict'], '#757575')}'>"
@@ -517,7 +519,7 @@ def _diagnostics_md(studies: list[dict]) -> str:
     lines = ["## Where the function moved", "",
              "Flips: fractions of the test set whose answer went from right to wrong (c→w) or back (w→c); "
              "McNemar: exact two-sided p on those counts; KL(base‖model) per input in nats; ECE: expected "
-             "calibration error, 15 bins; classes hurt: largest per-class accuracy falls in percentage points, "
+             f"calibration error, {metrics.ECE_BINS} bins; classes hurt: largest per-class accuracy falls in percentage points, "
              "* when below every independent model's change for that class. Rows over several seeds: means.", "",
              "| Architecture | method | setting | flips c→w | flips w→c | McNemar p | KL mean | KL p99 | KL max | "
              "ECE | classes hurt |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -583,7 +585,7 @@ def diagnostics_sections(summary: dict) -> tuple[str, str]:
     """
     studies = summary.get("studies", [summary])
     eces = "; ".join(f"{s['arch']} {_f(s['base'].get('ece'))}" for s in studies)
-    body = [f"<h2>Where the function moved</h2><p>Base ECE (15 bins): {html.escape(eces)}. Each row opens to its "
+    body = [f"<h2>Where the function moved</h2><p>Base ECE ({metrics.ECE_BINS} bins): {html.escape(eces)}. Each row opens to its "
             "details; rows over several seeds hold means over them.</p>"]
     body += [_row_details(s["arch"], r) for s in studies for r in s["rows"]]
-    return _diagnostics_md(studies) + f"\nBase ECE (15 bins): {eces}.\n", "".join(body)
+    return _diagnostics_md(studies) + f"\nBase ECE ({metrics.ECE_BINS} bins): {eces}.\n", "".join(body)

@@ -318,7 +318,8 @@ class Store:
             problems.append(f"run {run_id}: config.json is the config of run {cfg.get('id')}")
         elif spec.run_id != run_id:
             problems.append(f"run {run_id}: config.json's spec has the id {spec.run_id}, not its folder's")
-        if rec.get("config_sha256", _digest_text(canonical_json(spec))) != _digest_text(canonical_json(spec)):
+        digest = _digest_text(canonical_json(spec))
+        if rec.get("config_sha256", digest) != digest:
             problems.append(f"run {run_id}: DONE vouches for another config than config.json's")
         return problems
 

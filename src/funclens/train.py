@@ -143,8 +143,8 @@ def train(spec: RunSpec, data: Dataset, *, device: torch.device | str = "cpu",
         train_loss = _train_epoch(spec, data, model, opt, gen, teacher_logits, device, epoch, on_step,
                                   channels_last)
         train_time = time.perf_counter() - t0
-        probs, row = _test_epoch(model, data, device, cfg.precision, channels_last)
-        row = {"epoch": epoch, "train_loss": train_loss, **row,
+        probs, m = evaluate(model, data, device, channels_last, cfg.precision)
+        row = {"epoch": epoch, "train_loss": train_loss, "test_loss": m["test_loss"], "test_acc": m["test_acc"],
                "train_seconds": train_time, "images_per_second": len(data.train_x) / train_time}
         history.append(row)
         if on_epoch is not None:
@@ -231,9 +231,10 @@ def _train_epoch(spec: RunSpec, data: Dataset, model: nn.Module, opt: torch.opti
     return train_loss
 
 
-def _test_epoch(model: nn.Module, data: Dataset, device: torch.device, precision: str,
-                channels_last: bool) -> tuple[np.ndarray, dict]:
-    """The test set's float16 softmax in dataset order, with the test loss and accuracy.
+def evaluate(model: nn.Module, data: Dataset, device: torch.device | str = "cpu",
+             channels_last: bool = True, precision: str = "fp32") -> tuple[np.ndarray, dict]:
+    """Softmax (float16) and accuracy/loss of a model on the test set, in dataset order: after every epoch
+    of training, and of a finished or compressed model.
 
     A bf16 run is evaluated under the autocast it trained under: its predictions are the function that
     was trained (its weights were fitted to bf16 rounding of the activations) and that runs where bf16 is
@@ -241,17 +242,6 @@ def _test_epoch(model: nn.Module, data: Dataset, device: torch.device, precision
     which is what post-hoc quantization measures. The logits come back fp32 and the softmax is taken in
     fp32 (bf16's 3 significant digits would flatten the small probabilities the distances read), then
     stored as float16 like every run's.
-    """
-    logits = infer(model, data.test_x, data, device=device, precision=precision, channels_last=channels_last)
-    probs = torch.softmax(logits, dim=1)
-    return probs.numpy().astype(np.float16), {
-        "test_loss": float(F.cross_entropy(logits, data.test_y)),
-        "test_acc": float((logits.argmax(1) == data.test_y).float().mean())}
-
-
-def evaluate(model: nn.Module, data: Dataset, device: torch.device | str = "cpu",
-             channels_last: bool = True, precision: str = "fp32") -> tuple[np.ndarray, dict]:
-    """Softmax (float16) and accuracy/loss of a finished model on the test set.
 
     Args:
         model: the model; put in eval mode.
