@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from funclens.config import preset_study
+from funclens.config import CustomCfg, preset_study
 from funclens.plan import ROLES, plan
 
 
@@ -44,7 +44,8 @@ def test_parents_come_first_and_every_compression_starts_from_the_base(quick):
 
 
 def test_every_planned_role_is_in_the_roles_table_with_distinct_letters_and_colours(quick):
-    study = dataclasses.replace(quick, prune_global=(0.5,), precision_check=True)
+    study = dataclasses.replace(quick, prune_global=(0.5,), precision_check=True, finetune_epochs=1,
+                                custom=(CustomCfg("mine", "mynets:squeeze"),))
     assert {r.role for r in plan(study)} == set(ROLES)
     assert len({r.letter for r in ROLES.values()}) == len({r.colour for r in ROLES.values()}) == len(ROLES)
     assert [ROLES[k].method for k in ("student", "control", "quantize", "prune")] == [
@@ -55,6 +56,7 @@ def test_every_planned_role_is_in_the_roles_table_with_distinct_letters_and_colo
         assert r.letter == letters.get(r.role, r.letter) and r.to_json()["role"] == r.role
     assert {r.letter for r in plan(study) if r.role in letters} == set(letters.values())
     assert [r.setting for r in plan(study) if r.role == "prune"][-1] == "global 50%"
+    assert [r.setting for r in plan(study) if r.role == "finetune"][-1] == "global 50% + 1 ep fine-tune"
 
 
 def test_no_control_without_students(quick):

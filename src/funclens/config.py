@@ -117,6 +117,9 @@ def own_data_path(dataset: str) -> str | None:
             return dataset[len(prefix):]
     return None
 QUANT_SCHEMES = ("16-bit", "bf16", "8-bit", "4-bit", "dynamic-int8")
+# torchao's quantize_ configs a study may name (the optional extra funclens[torchao]); they cover nn.Linear.
+TORCHAO_SCHEMES = ("int8-weight-only", "int4-weight-only", "int8-dynamic")
+MAX_CALIBRATION = 1 << 16  # training images shown to a calibrating compressor
 OPTIMIZERS = ("sgd", "adam")
 
 
@@ -240,6 +243,75 @@ class PruneCfg:
 
 
 @dataclass(frozen=True)
+class TorchaoCfg:
+    """torchao's ``quantize_`` with one of its configs (the optional extra ``funclens[torchao]``)."""
+
+    scheme: str = field(default="int8-weight-only", metadata={"help": "one of " + ", ".join(TORCHAO_SCHEMES)})
+    group_size: int = field(default=0, metadata={"help": "int4-weight-only: weights per scale (0: torchao's default)"})
+
+    def __post_init__(self) -> None:
+        _check(self.scheme in TORCHAO_SCHEMES,
+               f"unknown torchao scheme {self.scheme!r}; known: {', '.join(TORCHAO_SCHEMES)}")
+        _check(_is_int(self.group_size) and 0 <= self.group_size <= MAX_GROUP,
+               f"group_size must be an integer in 0..{MAX_GROUP}, got {self.group_size}")
+        _check(self.group_size == 0 or self.scheme == "int4-weight-only", "group_size applies to int4-weight-only only")
+
+
+@dataclass(frozen=True)
+class Pt2eCfg:
+    """PT2E static int8 quantization with the x86 inductor quantizer, calibrated on training images."""
+
+    calibration: int = field(default=512, metadata={"help": "training images the observers see"})
+
+    def __post_init__(self) -> None:
+        _check(_is_int(self.calibration) and 1 <= self.calibration <= MAX_CALIBRATION,
+               f"calibration must be an integer in 1..{MAX_CALIBRATION}, got {self.calibration!r}")
+
+
+@dataclass(frozen=True)
+class StructuredPruneCfg:
+    """Torch-Pruning's structured pruning: whole channels removed by L1 norm, so the model gets smaller."""
+
+    amount: float = field(default=0.5, metadata={"help": "fraction of the channels of every prunable layer removed, in (0, 1)"})
+
+    def __post_init__(self) -> None:
+        _check(_finite(self.amount) and 0.0 < self.amount < 1.0,
+               f"structured pruning amount must be in (0, 1), got {self.amount}")
+
+
+@dataclass(frozen=True)
+class CustomCfg:
+    """A user's compressor: ``fn(model, calibration) -> nn.Module``, imported by name from the study file."""
+
+    name: str = field(metadata={"help": "the row's setting in every table (a slug)"})
+    fn: str = field(metadata={"help": '"package.module:function", called as function(model, calibration)'})
+    calibration: int = field(default=0, metadata={
+        "help": "training images passed as calibration (0: the study's calibration_images)"})
+    source_sha256: str = field(default="", metadata={
+        "help": "sha256 of the module's source file, filled by the study: a changed compressor is another run"})
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.name, str) and NAME_RE.fullmatch(self.name) is not None,
+               f"custom name must be 1 to 64 letters, digits, '.', '_' or '-', got {self.name!r}")
+        _check(isinstance(self.fn, str) and _ARCH_FORMS[1].fullmatch(self.fn) is not None,
+               f'custom {self.name}: fn must be "package.module:function", got {self.fn!r}')
+        _check(_is_int(self.calibration) and 0 <= self.calibration <= MAX_CALIBRATION,
+               f"custom {self.name}: calibration must be an integer in 0..{MAX_CALIBRATION}, got {self.calibration!r}")
+        _check(self.source_sha256 == "" or _SHA256_HEX.fullmatch(self.source_sha256) is not None,
+               f"custom {self.name}: source_sha256 must be a sha256 in hex, got {self.source_sha256!r}")
+
+
+# The compression configs a post-hoc run may hold, by run kind; the union below is tagged by class name.
+COMPRESS_KINDS: dict[str, tuple[type, ...]] = {
+    "quant": (QuantCfg, TorchaoCfg, Pt2eCfg),
+    "prune": (PruneCfg, StructuredPruneCfg),
+    "custom": (CustomCfg,),
+}
+CompressCfg = Union[QuantCfg, PruneCfg, TorchaoCfg, Pt2eCfg, StructuredPruneCfg, CustomCfg]
+_COMPRESS_TYPES = {t.__name__: t for ts in COMPRESS_KINDS.values() for t in ts}
+
+
+@dataclass(frozen=True)
 class GivenCfg:
     """A model the user already has: a state_dict of the run's architecture, in a file."""
 
@@ -252,22 +324,24 @@ class GivenCfg:
                f"checkpoint sha256 must be 64 hex characters, got {self.sha256!r}")
 
 
-RUN_KINDS = ("train", "quant", "prune", "given")
+RUN_KINDS = ("train", "quant", "prune", "custom", "given")
 
 
 @dataclass(frozen=True)
 class RunSpec:
     """One run. ``train`` runs have ``train`` (and ``distill`` for students); post-hoc runs have
-    ``parent`` (the run they compress) and ``compress``; ``given`` runs have ``given`` alone (a model
-    read from the user's checkpoint, never trained)."""
+    ``parent`` (the run they compress) and ``compress``, and a pruning run fine-tuned after pruning also
+    ``train`` (the fine-tuning's recipe); ``given`` runs have ``given`` alone (a model read from the user's
+    checkpoint, never trained)."""
 
-    kind: str = field(metadata={"help": "train, quantize or prune; the id's prefix"})
+    kind: str = field(metadata={"help": "train, quant, prune, custom or given; the id's prefix"})
     data: DataCfg = field(metadata={"help": "the data the run trains or is evaluated on"})
     model: ModelCfg = field(metadata={"help": "the architecture"})
-    train: TrainCfg | None = field(default=None, metadata={"help": "training runs: the recipe"})
+    train: TrainCfg | None = field(default=None, metadata={
+        "help": "training runs: the recipe; pruning runs: the fine-tuning after pruning (none: not fine-tuned)"})
     distill: DistillCfg | None = field(default=None, metadata={"help": "students: the teacher and the KD loss"})
     parent: str | None = field(default=None, metadata={"help": "post-hoc runs: the id of the run compressed"})
-    compress: QuantCfg | PruneCfg | None = field(default=None, metadata={"help": "post-hoc runs: the method"})
+    compress: CompressCfg | None = field(default=None, metadata={"help": "post-hoc runs: the method"})
     given: GivenCfg | None = field(default=None, metadata={"help": "a given model (a checkpoint file): its path and sha256"})
 
     def __post_init__(self) -> None:
@@ -280,9 +354,11 @@ class RunSpec:
             _check(self.train is not None and self.compress is None and self.parent is None,
                    "a training run has a train config and no parent or compression")
         else:
-            want = QuantCfg if self.kind == "quant" else PruneCfg
-            _check(isinstance(self.compress, want) and self.parent is not None and self.train is None
-                   and self.distill is None, f"a {self.kind} run has a parent and a {want.__name__}")
+            want = COMPRESS_KINDS[self.kind]
+            names = " or ".join(t.__name__ for t in want)
+            _check(isinstance(self.compress, want) and self.parent is not None and self.distill is None,
+                   f"a {self.kind} run has a parent and a {names}")
+            _check(self.train is None or self.kind == "prune", "only a pruning run is fine-tuned (has a train config)")
 
     @property
     def run_id(self) -> str:
@@ -304,7 +380,7 @@ def to_dict(obj: Any, *, nondefault: bool = False) -> Any:
     """Dataclass tree -> plain JSON types. With ``nondefault``, fields equal to their default are left out."""
     if dataclasses.is_dataclass(obj):
         out: dict[str, Any] = {}
-        if isinstance(obj, (QuantCfg, PruneCfg)):
+        if type(obj).__name__ in _COMPRESS_TYPES:
             out["type"] = type(obj).__name__  # the union needs a tag to round-trip
         for f in dataclasses.fields(obj):
             v = getattr(obj, f.name)
@@ -333,8 +409,8 @@ def from_dict(cls: type, data: Any) -> Any:
         if data is None:
             return None
         tag = data.get("type") if isinstance(data, dict) else None
-        sub = {"QuantCfg": QuantCfg, "PruneCfg": PruneCfg}.get(tag)
-        _check(sub is not None, f"compress config needs type QuantCfg or PruneCfg, got {tag!r}")
+        sub = _COMPRESS_TYPES.get(tag) if isinstance(tag, str) else None
+        _check(sub is not None, f"compress config needs a type, one of {', '.join(_COMPRESS_TYPES)}; got {tag!r}")
         return from_dict(sub, {k: v for k, v in data.items() if k != "type"})
     if is_union:
         args = [a for a in typing.get_args(cls) if a is not type(None)]
@@ -453,13 +529,28 @@ class StudyCfg:
         "help": "post-hoc L1 pruning, each layer alone: fractions of weights set to zero, in (0, 1)"})
     prune_global: tuple[float, ...] = field(default=(), metadata={
         "help": "post-hoc L1 pruning with one threshold over all layers: fractions, in (0, 1)"})
+    prune_structured: tuple[float, ...] = field(default=(), metadata={
+        "help": "Torch-Pruning structured L1 pruning (funclens[pruning]): fractions of every layer's channels "
+                "removed, in (0, 1)"})
+    finetune_epochs: int = field(default=0, metadata={
+        "help": "also fine-tune every pruned model (prune, prune_global, prune_structured) for this many epochs "
+                "with the study's recipe, zeros kept (0: no fine-tuned rows)"})
+    torchao: tuple[str, ...] = field(default=(), metadata={
+        "help": "torchao quantize_ configs (funclens[torchao]), each one of " + ", ".join(TORCHAO_SCHEMES)})
+    pt2e: bool = field(default=False, metadata={
+        "help": "PT2E static int8 with the x86 inductor quantizer (funclens[torchao]), with fp32 and int8 latency"})
+    calibration_images: int = field(default=512, metadata={
+        "help": "training images shown to PT2E's observers and to custom compressors"})
+    custom: tuple[CustomCfg, ...] = field(default=(), metadata={
+        "help": "your compressors: [[custom]] tables with name and fn"})
     metric: str = field(default="disagreement", metadata={
         "help": "the distance behind RFD and verdicts: disagreement, js, kl or tv"})
     precision_check: bool = field(default=False, metadata={
         "help": "also train a bf16 twin of the base and of each independent (same seed, same data order) "
                 "and report how far each moved from its fp32 self, against the fp32 yardstick"})
     compress_all_seeds: bool = field(default=False, metadata={
-        "help": "apply every quantize and prune setting to every independent model too: a population of "
+        "help": "apply every post-hoc setting (quantize, prune, torchao, pt2e, custom...) to every independent "
+                "model too: a population of "
                 "compressed models per setting, so RFD gets a spread over seeds"})
     base: BaseCfg = field(default=BaseCfg(), metadata={
         "help": "a base (and yardstick) you already have, as checkpoint files, instead of training them"})
@@ -469,7 +560,8 @@ class StudyCfg:
                f"name must be 1 to 64 letters, digits, '.', '_' or '-', not starting with '.', got {self.name!r}")
         _check(len(self.seeds) >= 2, "a study needs at least 2 seeds: the base and one independent model")
         for what, values in (("seeds", self.seeds), ("quantize", self.quantize), ("prune", self.prune),
-                             ("prune_global", self.prune_global)):
+                             ("prune_global", self.prune_global), ("prune_structured", self.prune_structured),
+                             ("torchao", self.torchao), ("custom", self.custom)):
             _check(len(values) <= MAX_LIST, f"{what} lists {len(values)} entries, over the limit of {MAX_LIST}")
         for s in self.seeds:
             _check(_is_int(s) and 0 <= s <= MAX_SEED, f"seeds must be integers in 0..2**63-1, got {s}")
@@ -482,8 +574,20 @@ class StudyCfg:
             PruneCfg(amount=a)
         for a in self.prune_global:
             PruneCfg(amount=a, scope="global")
-        for what, amounts in (("prune", self.prune), ("prune_global", self.prune_global)):
+        for a in self.prune_structured:
+            StructuredPruneCfg(amount=a)
+        for what, amounts in (("prune", self.prune), ("prune_global", self.prune_global),
+                              ("prune_structured", self.prune_structured)):
             _distinct(amounts, what, lambda a: f"{round(a * 100, 6):g}%")  # as plan() labels them
+        for s in self.torchao:
+            TorchaoCfg(scheme=s)
+        _distinct(self.torchao, "torchao")
+        _check(_is_int(self.finetune_epochs) and 0 <= self.finetune_epochs <= MAX_EPOCHS,
+               f"finetune_epochs must be an integer in 0..{MAX_EPOCHS}, got {self.finetune_epochs!r}")
+        _check(isinstance(self.pt2e, bool), f"pt2e must be true or false, got {self.pt2e!r}")
+        _check(_is_int(self.calibration_images) and 1 <= self.calibration_images <= MAX_CALIBRATION,
+               f"calibration_images must be an integer in 1..{MAX_CALIBRATION}, got {self.calibration_images!r}")
+        _distinct(tuple(c.name for c in self.custom), "custom")
         _check(self.metric in ("disagreement", "js", "kl", "tv"), f"unknown metric {self.metric!r}")
         _check(isinstance(self.precision_check, bool),
                f"precision_check must be true or false, got {self.precision_check!r}")
@@ -492,8 +596,9 @@ class StudyCfg:
         g = self.distill
         _check(isinstance(self.compress_all_seeds, bool),
                f"compress_all_seeds must be true or false, got {self.compress_all_seeds!r}")
-        posthoc = (len(self.quantize) + len(self.prune) + len(self.prune_global)) * (
-            len(self.seeds) if self.compress_all_seeds else 1)
+        pruned = len(self.prune) + len(self.prune_global) + len(self.prune_structured)
+        posthoc = (len(self.quantize) + pruned * (1 + (self.finetune_epochs > 0)) + len(self.torchao)
+                   + self.pt2e + len(self.custom)) * (len(self.seeds) if self.compress_all_seeds else 1)
         runs = (len(self.seeds) * (1 + self.precision_check) + len(self.base.independents)
                 + len(g.alphas) * len(g.seeds) + int(g.control and bool(g.alphas) and bool(g.seeds)) + posthoc)
         _check(runs <= MAX_RUNS, f"the study has {runs} runs, over the limit of {MAX_RUNS}")
@@ -522,8 +627,10 @@ def _reference_rows(cls: type) -> list[str]:
             continue   # a table of its own
         hint = typing.get_type_hints(cls)[f.name]
         kind = ("list of " + typing.get_args(hint)[0].__name__) if typing.get_origin(hint) is tuple else hint.__name__
+        kind = "tables" if kind == "list of CustomCfg" else kind
+        default = "(required)" if f.default is dataclasses.MISSING else f"`{_toml_value(f.default)}`"
         meaning = f.metadata["help"].replace("|", "\\|")   # a bare | would end the table's cell
-        rows.append(f"| `{f.name}` | {kind} | `{_toml_value(f.default)}` | {meaning} |")
+        rows.append(f"| `{f.name}` | {kind} | {default} | {meaning} |")
     return rows
 
 
@@ -543,6 +650,8 @@ def reference_markdown() -> str:
     for f in dataclasses.fields(StudyCfg):
         if dataclasses.is_dataclass(f.default):
             out += ["", f"`[{f.name}]`: {f.metadata['help']}", "", *head, *_reference_rows(type(f.default))]
+    out += ["", "`[[custom]]`: one table per compressor of your own (`custom` above)", "", *head,
+            *_reference_rows(CustomCfg)]
     return "\n".join(out) + "\n"
 
 

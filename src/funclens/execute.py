@@ -181,12 +181,13 @@ def _train_run(spec: RunSpec, ctx: RunContext, store: Store, data: Dataset, prog
 
 def _compress_run(spec: RunSpec, ctx: RunContext, store: Store, data: Dataset) -> None:
     from funclens.compress import compress
-    from funclens.train import evaluate
+    from funclens.train import calibration_images, evaluate
 
     rid = spec.run_id
     assert spec.parent is not None and spec.compress is not None
     model = _load_model(store, spec.parent, spec.model.arch, data)
-    cmodel, info = compress(model, spec.compress)
+    n_cal = getattr(spec.compress, "calibration", 0)  # PT2E and custom compressors calibrate
+    cmodel, info = compress(model, spec.compress, calibration_images(data, n_cal) if n_cal else None)
     # A compressed bf16-trained model computes under the autocast its parent was trained and evaluated
     # under, so its row measures the compression alone, not also a switch of arithmetic. torch's own
     # quantized modules (dynamic-int8, not loadable) run their int8 kernels and take fp32 activations.

@@ -20,7 +20,8 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import PurePath
 
-from funclens.config import ConfigError, DistillCfg, GivenCfg, PruneCfg, QuantCfg, RunSpec, StudyCfg
+from funclens.config import (CompressCfg, ConfigError, CustomCfg, DistillCfg, GivenCfg, Pt2eCfg, PruneCfg, QuantCfg,
+                             RunSpec, StructuredPruneCfg, StudyCfg, TorchaoCfg)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ ROLES: dict[str, Role] = {r.name: r for r in (
     Role("control", "distill", "C", "tab:olive", "control student"),
     Role("quantize", "quantize", "Q", "tab:red", "quantization"),
     Role("prune", "prune", "P", "tab:purple", "pruning"),
+    Role("finetune", "prune", "R", "tab:pink", "pruned + fine-tuned"),
+    Role("custom", "custom", "X", "tab:brown", "your compressor"),
     Role("precision", "precision", "F", "tab:orange", "bf16-trained twin"),
 )}
 
@@ -128,14 +131,12 @@ def plan(study: StudyCfg) -> list[PlannedRun]:
     # With compress_all_seeds, every post-hoc setting is applied to each independent model as well: its runs
     # keep the setting's role and name their parent in spec.parent, with that parent's seed (None: the base's).
     parents = [(base, None)] + ([(trained(s), s) for s in study.seeds[1:]] if study.compress_all_seeds else [])
-    posthoc: list[tuple[str, QuantCfg | PruneCfg, str, str]] = (
-        [("quant", QuantCfg(scheme=q), "quantize", q) for q in study.quantize]
-        + [("prune", PruneCfg(amount=a), "prune", _pct(a)) for a in study.prune]
-        + [("prune", PruneCfg(amount=a, scope="global"), "prune", f"global {_pct(a)}") for a in study.prune_global])
-    for kind, cfg, role, setting in posthoc:
+    for kind, cfg, role, setting, tune in _posthoc(study):
         for parent, seed in parents:
-            runs.append(PlannedRun(RunSpec(kind, study.data, study.model, parent=parent.run_id, compress=cfg),
-                                   role, setting, seed))
+            # a fine-tuned pruning run trains with the study's recipe from its parent's seed (data order)
+            ft = None if tune is None else dataclasses.replace(tune, seed=parent.train.seed if parent.train else 0)
+            runs.append(PlannedRun(RunSpec(kind, study.data, study.model, train=ft, parent=parent.run_id,
+                                           compress=cfg), role, setting, seed))
     if study.precision_check:
         # The same seed gives the same initial weights and the same data order: only the arithmetic differs.
         for k, s in enumerate(study.seeds):
@@ -143,3 +144,24 @@ def plan(study: StudyCfg) -> list[PlannedRun]:
                            dataclasses.replace(study.train, seed=s, precision="bf16"))
             runs.append(PlannedRun(bf16, "precision", "bf16 base" if k == 0 else f"bf16 seed={s}", s))
     return runs
+
+
+def _posthoc(study: StudyCfg) -> list[tuple[str, CompressCfg, str, str, object]]:
+    """Every post-hoc setting of ``study``: (run kind, config, role, setting, fine-tuning recipe or None)."""
+    pruned: list[tuple[CompressCfg, str]] = (
+        [(PruneCfg(amount=a), _pct(a)) for a in study.prune]
+        + [(PruneCfg(amount=a, scope="global"), f"global {_pct(a)}") for a in study.prune_global]
+        + [(StructuredPruneCfg(amount=a), f"channels {_pct(a)}") for a in study.prune_structured])
+    out: list[tuple[str, CompressCfg, str, str, object]] = [
+        ("quant", QuantCfg(scheme=q), "quantize", q, None) for q in study.quantize]
+    out += [("prune", cfg, "prune", setting, None) for cfg, setting in pruned]
+    if study.finetune_epochs:
+        tune = dataclasses.replace(study.train, epochs=study.finetune_epochs)
+        out += [("prune", cfg, "finetune", f"{setting} + {study.finetune_epochs} ep fine-tune", tune)
+                for cfg, setting in pruned]
+    out += [("quant", TorchaoCfg(scheme=t), "quantize", f"torchao {t}", None) for t in study.torchao]
+    if study.pt2e:
+        out.append(("quant", Pt2eCfg(calibration=study.calibration_images), "quantize", "PT2E int8", None))
+    out += [("custom", dataclasses.replace(c, calibration=c.calibration or study.calibration_images), "custom",
+             c.name, None) for c in study.custom]
+    return out

@@ -89,6 +89,31 @@ def infer(model: nn.Module, x: torch.Tensor, data: Dataset, *, device: torch.dev
     return torch.cat(out) if out else torch.empty(0, data.num_classes)
 
 
+CALIBRATION_SEED = 0  # the calibration images are one fixed draw, the same for every run of a data set
+
+
+def calibration_images(data: Dataset, n: int) -> torch.Tensor:
+    """``n`` training images (all of them when there are fewer), drawn at random with a fixed seed,
+    normalized as the model sees them: float ``[n, C, H, W]`` on the CPU, what calibrating compressors get.
+
+    A fixed draw, not the first ``n``: a data set stored by class would calibrate on one class.
+
+    Args:
+        data: the data set.
+        n: how many images.
+
+    Example:
+        >>> from funclens.data import load_dataset
+        >>> ds = load_dataset("digits")
+        >>> x = calibration_images(ds, 32)
+        >>> tuple(x.shape), x.dtype, torch.equal(x, calibration_images(ds, 32))
+        ((32, 1, 8, 8), torch.float32, True)
+    """
+    gen = torch.Generator().manual_seed(CALIBRATION_SEED)
+    idx = torch.randperm(len(data.train_x), generator=gen)[:n]
+    return data.normalize(data.train_x[idx]).float().contiguous()
+
+
 def _autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
     """The context a run's forward passes compute in: bf16 autocast on the CPU or CUDA, else none.
 

@@ -10,7 +10,10 @@ The returned model computes in fp32 on CPU and holds the weights as the compress
 
 :class:`CompressInfo` fields (:meth:`CompressInfo.to_json` gives all but ``packed`` for ``metrics.json``):
 
-- ``method``: ``"quantize"`` or ``"prune"``; ``setting``: e.g. ``"8-bit"``, ``"30%"``, ``"global 50%"``.
+- ``method``: ``"quantize"``, ``"prune"`` or ``"custom"``; ``setting``: e.g. ``"8-bit"``, ``"30%"``, ``"global 50%"``.
+- The field's libraries' methods (torchao, PT2E, Torch-Pruning) also give ``library``, and where they apply
+  ``params``/``macs`` against ``base_params``/``base_macs`` and a measured ``latency_ms`` against
+  ``fp32_latency_ms`` (one batch of ``latency_batch`` images, median of repeats, in the same process).
 - ``scheme`` (quantization; plus ``group_size`` for grouped 4-bit) or ``amount`` and ``scope`` (pruning):
   the config's values, for tables.
 - ``loadable``: whether ``create_model(...).load_state_dict(returned.state_dict())`` works.
@@ -59,7 +62,7 @@ from typing import Any, Callable, Collection, TypeVar
 import torch
 import torch.nn as nn
 
-from funclens.config import ConfigError, PruneCfg, QuantCfg
+from funclens.config import CompressCfg, ConfigError, PruneCfg, QuantCfg  # noqa: F401  (examples)
 
 
 
@@ -82,6 +85,14 @@ class CompressInfo:
     sparse_bytes: int | None = None  # pruning: CSR-like size
     sparsity: float | None = None    # pruning: measured fraction of zero weights in the pruned layers
     sparsity_by_layer: dict[str, float] | None = None
+    params: int | None = None        # parameters of the model returned, where it has fewer (structured pruning)
+    macs: int | None = None          # multiply-accumulates of one forward pass of one image, likewise
+    base_params: int | None = None   # the same counts of the model compressed
+    base_macs: int | None = None
+    latency_ms: float | None = None       # measured: median time of one batch through the compressed model
+    fp32_latency_ms: float | None = None  # the same batch through the fp32 model, compiled alike, in the same run
+    latency_batch: int | None = None      # images in that batch
+    library: str | None = None            # the library that compressed, with its version: "torchao 0.18.0"
     packed: dict[str, Any] | None = field(default=None, repr=False, compare=False)   # tensors, not JSON
 
     def to_json(self) -> dict[str, Any]:
@@ -95,17 +106,18 @@ class CompressInfo:
                 if f.name != "packed" and getattr(self, f.name) is not None}
 
 
-Method = Callable[[nn.Module, Any], tuple[nn.Module, CompressInfo]]
+Method = Callable[[nn.Module, Any, "torch.Tensor | None"], tuple[nn.Module, CompressInfo]]
 _T = TypeVar("_T", bound=Method)
 
 _METHODS: dict[type, Method] = {}
 
 
 def register(cfg_type: type) -> Callable[[_T], _T]:
-    """Register ``fn(model_copy, cfg) -> (model, info)`` as the method for configs of ``cfg_type``.
+    """Register ``fn(model_copy, cfg, calibration) -> (model, info)`` as the method for configs of ``cfg_type``.
 
-    ``fn`` receives a private fp32 CPU copy that it may change in place. :func:`compress` fills in the
-    fields common to every method (``layers_total``, ``fp32_bytes``) of the info it returns.
+    ``fn`` receives a private fp32 CPU copy that it may change in place, and the calibration images
+    :func:`compress` was given (``None`` when none were). :func:`compress` fills in the fields common to
+    every method (``layers_total``, ``fp32_bytes``) of the info it returns.
 
     Args:
         cfg_type: the config dataclass the method handles.
@@ -116,7 +128,7 @@ def register(cfg_type: type) -> Callable[[_T], _T]:
         ... class NoopCfg:
         ...     pass
         >>> @register(NoopCfg)
-        ... def _noop(model, cfg):
+        ... def _noop(model, cfg, calibration):
         ...     return model, CompressInfo("noop", "", True, 0, 0, 0)
     """
 
@@ -127,12 +139,15 @@ def register(cfg_type: type) -> Callable[[_T], _T]:
     return deco
 
 
-def compress(model: nn.Module, cfg: QuantCfg | PruneCfg) -> tuple[nn.Module, CompressInfo]:
+def compress(model: nn.Module, cfg: CompressCfg,
+             calibration: torch.Tensor | None = None) -> tuple[nn.Module, CompressInfo]:
     """Compress a deep copy of ``model`` as ``cfg`` says; ``model`` itself is left unchanged.
 
     Args:
         model: a trained model (any device or float dtype).
-        cfg: a :class:`~funclens.config.QuantCfg` or :class:`~funclens.config.PruneCfg`.
+        cfg: a compression config (:data:`funclens.config.CompressCfg`).
+        calibration: training images ``[N, C, H, W]``, normalized as the model sees them, for the methods
+            that calibrate (PT2E, custom compressors); the others ignore it.
 
     Returns:
         The compressed model (fp32, CPU) and its :class:`CompressInfo`.
@@ -156,7 +171,7 @@ def compress(model: nn.Module, cfg: QuantCfg | PruneCfg) -> tuple[nn.Module, Com
     fp32 = tensor_bytes(model)
     # detach from the caller completely: no shared storage, so in-place edits can't leak back
     work = copy.deepcopy(model).float().cpu()
-    out, info = method(work, cfg)
+    out, info = method(work, cfg, calibration)
     return out, dataclasses.replace(info, layers_total=len(layers), fp32_bytes=fp32)
 
 

@@ -76,7 +76,8 @@ def _setting(cfg: PruneCfg) -> str:
 
 
 @register(PruneCfg)
-def _prune(model: nn.Module, cfg: PruneCfg) -> tuple[nn.Module, CompressInfo]:
+def _prune(model: nn.Module, cfg: PruneCfg,
+           calibration: torch.Tensor | None = None) -> tuple[nn.Module, CompressInfo]:
     """The :func:`funclens.compress.compress` method for :class:`PruneCfg` (``model`` is a private copy)."""
     layers = weight_layers(model)
     by_layer = prune_l1_(model, cfg)

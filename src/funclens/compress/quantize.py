@@ -318,7 +318,8 @@ def _setting(cfg: QuantCfg) -> str:
 
 
 @register(QuantCfg)
-def _quantize(model: nn.Module, cfg: QuantCfg) -> tuple[nn.Module, CompressInfo]:
+def _quantize(model: nn.Module, cfg: QuantCfg,
+              calibration: torch.Tensor | None = None) -> tuple[nn.Module, CompressInfo]:
     """The :func:`funclens.compress.compress` method for :class:`QuantCfg` (``model`` is a private copy)."""
     if cfg.scheme == "dynamic-int8":
         model = quantize_dynamic_int8_(model)
