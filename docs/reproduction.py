@@ -3,9 +3,13 @@
 Usage (from the repository root, after the studies ran):
     .venv/bin/python docs/reproduction.py results/paper-mnist results/cifar10-lenet-reduced ...
 
-Each argument is a study folder (or a folder of per-architecture studies). The tables go between the
-markers ``<!-- tables:start -->`` and ``<!-- tables:end -->`` of docs/REPRODUCTION.md; the prose around
-them is written by hand from these tables.
+Each argument is a study folder (or a folder of per-architecture studies). Each study's tables go between
+its own markers, ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` (NAME: the study's name), inside
+``<!-- tables:start -->`` ... ``<!-- tables:end -->`` of docs/REPRODUCTION.md: a study named here replaces
+its own block (or adds one at the end), the others' blocks stay as they were. Where a study's rows carry the
+diagnostics (flips, tails, margins, classes), its "where the function moved" table goes between
+``<!-- where:NAME -->`` and ``<!-- /where:NAME -->`` when the document holds those markers. The prose around
+the tables is written by hand from them.
 """
 
 from __future__ import annotations
@@ -49,43 +53,105 @@ def dev(row: dict) -> str:
 
 
 def table(folder: Path) -> str:
+    return "\n".join(table_one(s, folder) for s in summaries(folder))
+
+
+def table_one(s: dict, folder: Path) -> str:
+    """The tables of one study's summary ``s``, read from ``folder``, beside the paper's."""
     out = []
-    for s in summaries(folder):
-        by = {r["setting"]: r for r in s["rows"]}
-        paper_base, paper = PAPER.get((s["dataset"], s["arch"]), (None, [""] * len(COLS)))
-        out.append(f"**{s['arch']} on {s['dataset']}** (study `{s.get('study', '')}`, `{folder}`): base accuracy "
-                   f"{100 * s['base']['accuracy']:.2f}% here"
-                   + (f", {paper_base:.2f}% in the paper" if paper_base else "") + ".\n")
-        out.append("| | " + " | ".join(COLS) + " |")
-        out.append("|---|" + "---|" * len(COLS))
-        out.append("| paper: acc. dev. % | " + " | ".join(paper) + " |")
-        out.append("| funclens: acc. dev. % | " + " | ".join(dev(by[c]) if c in by else "–" for c in COLS) + " |")
-        out.append("| funclens: RFD [95% CI] | " + " | ".join(
-            f"{by[c]['rfd']:.2f} [{by[c]['rfd_ci'][0]:.2f}, {by[c]['rfd_ci'][1]:.2f}]" if c in by else "–"
-            for c in COLS) + " |")
-        out.append("| funclens: verdict | " + " | ".join(by[c]["verdict"] if c in by else "–" for c in COLS) + " |")
-        extra = [r for r in s["rows"] if r["setting"] not in COLS]
-        if extra:
-            out.append("\nBeyond the paper's grid:\n")
-            out.append("| method | setting | acc. dev. % | disagreement | RFD [95% CI] | p(closer) | verdict |")
-            out.append("|---|---|---|---|---|---|---|")
-            for r in extra:
-                out.append(f"| {r['method']} | {r['setting']} | {dev(r)} | {r['disagreement']:.4f} | "
-                           f"{r['rfd']:.2f} [{r['rfd_ci'][0]:.2f}, {r['rfd_ci'][1]:.2f}] | {r['p_closer']:.3f} | "
-                           f"{r['verdict']} |")
-        ref = s["reference"]
-        out.append(f"\nYardstick: independent models disagree with the base on {100 * ref['independent_mean']:.2f}% "
-                   f"of test inputs (std {100 * ref['independent_std']:.2f} points over {ref['pairs']}).\n")
+    by = {r["setting"]: r for r in s["rows"]}
+    paper_base, paper = PAPER.get((s["dataset"], s["arch"]), (None, [""] * len(COLS)))
+    out.append(f"**{s['arch']} on {s['dataset']}** (study `{s.get('study', '')}`, `{folder}`): base accuracy "
+               f"{100 * s['base']['accuracy']:.2f}% here"
+               + (f", {paper_base:.2f}% in the paper" if paper_base else "") + ".\n")
+    out.append("| | " + " | ".join(COLS) + " |")
+    out.append("|---|" + "---|" * len(COLS))
+    out.append("| paper: acc. dev. % | " + " | ".join(paper) + " |")
+    out.append("| funclens: acc. dev. % | " + " | ".join(dev(by[c]) if c in by else "–" for c in COLS) + " |")
+    out.append("| funclens: RFD [95% CI] | " + " | ".join(
+        f"{by[c]['rfd']:.2f} [{by[c]['rfd_ci'][0]:.2f}, {by[c]['rfd_ci'][1]:.2f}]" if c in by else "–"
+        for c in COLS) + " |")
+    out.append("| funclens: verdict | " + " | ".join(by[c]["verdict"] if c in by else "–" for c in COLS) + " |")
+    extra = [r for r in s["rows"] if r["setting"] not in COLS]
+    if extra:
+        out.append("\nBeyond the paper's grid:\n")
+        out.append("| method | setting | acc. dev. % | disagreement | RFD [95% CI] | p(closer) | verdict |")
+        out.append("|---|---|---|---|---|---|---|")
+        for r in extra:
+            out.append(f"| {r['method']} | {r['setting']} | {dev(r)} | {r['disagreement']:.4f} | "
+                       f"{r['rfd']:.2f} [{r['rfd_ci'][0]:.2f}, {r['rfd_ci'][1]:.2f}] | {r['p_closer']:.3f} | "
+                       f"{r['verdict']} |")
+    ref = s["reference"]
+    out.append(f"\nYardstick: independent models disagree with the base on {100 * ref['independent_mean']:.2f}% "
+               f"of test inputs (std {100 * ref['independent_std']:.2f} points over {ref['pairs']}).\n")
     return "\n".join(out)
+
+
+def _pct(v: float | None, digits: int = 2) -> str:
+    return "–" if v is None else f"{100 * v:.{digits}f}"
+
+
+def _low_margin_share(row: dict, fraction: float = 0.2) -> str:
+    """The share of a row's flips (either way) that sit on the base's least sure ``fraction`` of test inputs."""
+    m = row.get("flips_by_margin") or {}
+    if not m.get("flips"):
+        return "–"
+    counts = [f * c for f, c in zip(m["flips"], m["count"])]
+    low = round(len(counts) * fraction)
+    return "–" if sum(counts) == 0 else f"{100 * sum(counts[:low]) / sum(counts):.0f}%"
+
+
+def _hurt(row: dict) -> str:
+    hurt = row.get("classes_hurt") or []
+    return ", ".join(f"{h['class']} ({100 * h['accuracy_change']:+.1f}{'*' if h['beyond_independents'] else ''})"
+                     for h in hurt[:3]) or "none"
+
+
+def where(folder: Path) -> dict[str, str]:
+    """Per study: where each row's function moved from the base's, from the diagnostics in its summary."""
+    out = {}
+    for s in summaries(folder):
+        if not any("flips_correct_to_wrong" in r for r in s["rows"]):
+            continue
+        lines = ["| method | setting | flips right→wrong % | flips wrong→right % | McNemar p | KL(base‖m) p99 | "
+                 "disagreement %, least sure / surest tenth | flips on the least sure 20% | classes hurt most "
+                 "(acc. change, points) |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in s["rows"]:
+            m = r.get("flips_by_margin") or {"disagreement": [None]}
+            kl, p = (r.get("kl_base_model") or {}).get("p99"), r.get("mcnemar_p")
+            lines.append(f"| {r['method']} | {r['setting']} | {_pct(r.get('flips_correct_to_wrong'))} | "
+                         f"{_pct(r.get('flips_wrong_to_correct'))} | "
+                         f"{'–' if p is None else f'{p:.3g}'} | "
+                         f"{'–' if kl is None else f'{kl:.3g}'} | "
+                         f"{_pct(m['disagreement'][0], 1)} / {_pct(m['disagreement'][-1], 1)} | "
+                         f"{_low_margin_share(r)} | {_hurt(r)} |")
+        out[s.get("study", "")] = "\n".join(lines)
+    return out
+
+
+def _replace(text: str, begin: str, end: str, body: str, before: str | None = None) -> str:
+    """``text`` with what lies between ``begin`` and ``end`` replaced by ``body``; where the markers are not in
+    ``text``, the block is added just before ``before`` (or nothing happens when ``before`` is None)."""
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        return f"{head}{begin}\n{body}\n{end}{rest.split(end, 1)[1]}"
+    if before is None:
+        return text
+    head, tail = text.split(before, 1)
+    return f"{head}{begin}\n{body}\n{end}\n\n{before}{tail}"
 
 
 def main(folders: list[str]) -> None:
     text = DOC.read_text()
-    start, end = "<!-- tables:start -->", "<!-- tables:end -->"
-    body = "\n\n".join(table(Path(f)) for f in folders)
-    head, rest = text.split(start)
-    _, tail = rest.split(end)
-    DOC.write_text(f"{head}{start}\n{body}\n{end}{tail}")
+    for f in folders:
+        for s in summaries(Path(f)):
+            name = s.get("study", "")
+            one = Path(f) / name if (Path(f) / name / "summary.json").is_file() else Path(f)  # per-arch folders
+            text = _replace(text, f"<!-- table:{name} -->", f"<!-- /table:{name} -->", table_one(s, one),
+                            before="<!-- tables:end -->")
+        for name, body in where(Path(f)).items():
+            text = _replace(text, f"<!-- where:{name} -->", f"<!-- /where:{name} -->", body)
+    DOC.write_text(text)
 
 
 if __name__ == "__main__":
