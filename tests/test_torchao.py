@@ -156,6 +156,14 @@ def test_a_layer_of_a_shape_int4_cannot_take_is_left_fp32_and_not_counted():
     assert [type(m[i].weight).__name__ for i in (0, 2, 4)] == ["Int4OpaqueTensor", "Int4OpaqueTensor", "Parameter"]
 
 
+def test_a_model_with_no_layer_the_scheme_takes_is_a_config_error():
+    convs = nn.Sequential(nn.Conv2d(1, 16, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with pytest.raises(ConfigError, match="int8-dynamic quantizes nn.Linear layers only, and Sequential has none"):
+        compress(convs, TorchaoCfg("int8-dynamic"))
+    with pytest.raises(ConfigError, match="in_features a multiple of 128 and out_features of 16 only"):
+        compress(nn.Sequential(nn.Linear(64, 10)), TorchaoCfg("int4-weight-only"))
+
+
 # ---------------------------------------------------------------- torchao missing
 
 NO_TORCHAO = "import sys; sys.modules['torchao'] = None\n"   # the import system's own "not installed" path

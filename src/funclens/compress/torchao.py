@@ -165,7 +165,8 @@ def quantize_torchao_(model: nn.Module, cfg: TorchaoCfg) -> list[str]:
         The names of the layers quantized, in ``named_modules`` order; the other layers stay fp32.
 
     Raises:
-        ConfigError: torchao is missing, or the int4 group size is not one its CPU kernel takes.
+        ConfigError: torchao is missing, the int4 group size is not one its CPU kernel takes, or no layer of
+            ``model`` is one the scheme takes (a row of an unchanged model would read as a perfect compressor).
 
     Example:
         >>> m = nn.Sequential(nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
@@ -178,6 +179,11 @@ def quantize_torchao_(model: nn.Module, cfg: TorchaoCfg) -> list[str]:
     from torchao.quantization import quantize_
 
     wanted = {n for n, m in model.named_modules() if takes(m, cfg)}
+    if not wanted:
+        shapes = "" if cfg.scheme != "int4-weight-only" else (
+            f" with in_features a multiple of {int4_group_size(cfg)} and out_features of {INT4_CPU_OUT_MULTIPLE}")
+        raise ConfigError(f"torchao {cfg.scheme} quantizes nn.Linear layers{shapes} only, and "
+                          f"{type(model).__name__} has none")
     quantize_(model, ao_cfg, filter_fn=lambda m, name: name in wanted)
     done = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and _is_subclass(m.weight)]
     if set(done) != wanted:
