@@ -88,6 +88,9 @@ def test_weight_bytes_count_the_stored_integers_scales_and_zero_points(quantized
         assert info.fp32_bytes == fp32 == 212_008
         assert info.weight_bytes == want[scheme], scheme
     assert quantized["int4-weight-only"][1].weight_bytes < quantized["int8-weight-only"][1].weight_bytes < fp32
+    # a model that is one Linear layer: its weight is named "weight", with no layer prefix
+    _, info = compress(nn.Linear(256, 128), TorchaoCfg("int8-weight-only"))
+    assert (info.layers_compressed, info.weight_bytes) == (1, int8(128, 256) + 128 * 4)
 
 
 # ---------------------------------------------------------------- the arithmetic each scheme names

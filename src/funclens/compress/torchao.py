@@ -228,7 +228,7 @@ def _torchao(model: nn.Module, cfg: TorchaoCfg,
     torchao = import_torchao()
     names = quantize_torchao_(model, cfg)
     layers = dict(weight_layers(model))
-    weights = {f"{n}.weight": layers[n].weight for n in names}
+    weights = {f"{n}.weight" if n else "weight": layers[n].weight for n in names}   # "": the model is a Linear
     size = tensor_bytes(model, skip=set(weights)) + sum(stored_bytes(w) for w in weights.values())
     group = int4_group_size(cfg) if cfg.scheme == "int4-weight-only" else None
     return model, CompressInfo("quantize", _setting(cfg), loadable=False, layers_compressed=len(names),
