@@ -19,7 +19,7 @@ import funclens
 from conftest import run_cli
 from funclens.compress import compress
 from funclens.compress.torchao import quantize_torchao_
-from funclens.config import ConfigError, DataCfg, ModelCfg, QuantCfg, RunSpec, TorchaoCfg, TrainCfg
+from funclens.config import ConfigError, DataCfg, ModelCfg, RunSpec, TorchaoCfg, TrainCfg
 from funclens.data import load_dataset
 from funclens.train import evaluate, infer, train
 
