@@ -99,7 +99,8 @@ class FixedBatch(nn.Module):
                 chunk = x[i:i + self.batch]
                 self._buf[:len(chunk)].copy_(chunk)
                 self._buf[len(chunk):].zero_()
-                out.append(self._fn(self._buf)[:len(chunk)])
+                # a copy: fn's output may be (a view of) the batch buffer, which the next chunk overwrites
+                out.append(self._fn(self._buf)[:len(chunk)].clone())
         return torch.cat(out)
 
 
@@ -215,10 +216,10 @@ def _graph_tensors(gm: torch.fx.GraphModule) -> dict[str, torch.Tensor]:
 
 def _quantized_layers(gm: torch.fx.GraphModule) -> list[tuple[str, str, str, str]]:
     """(weight, scale, zero point, op) names of each per-channel int8 weight and the op that uses it."""
-    dq = torch.ops.quantized_decomposed.dequantize_per_channel.default
     out = []
     for node in gm.graph.nodes:
-        if node.target == dq and all(getattr(a, "op", "") == "get_attr" for a in node.args[:3]):
+        # by name: the op exists only once torchao's or torch.ao's quantization is imported
+        if str(node.target) == "quantized_decomposed.dequantize_per_channel.default" and all(getattr(a, "op", "") == "get_attr" for a in node.args[:3]):
             ops = [str(u.target) for u in node.users]
             out.append((*(a.target for a in node.args[:3]), ops[0] if ops else ""))
     return out
