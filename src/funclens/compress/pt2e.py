@@ -20,8 +20,9 @@ medians, in milliseconds, on the threads torch uses in that process (``torch.get
 
 Both are compiled for one batch shape, ``latency_batch`` images, and :class:`FixedBatch` runs any number of
 images through it in chunks, padding the last one with zeros (each image's output depends on that image
-alone: the quantization parameters are fixed by calibration). A dynamic batch dimension is not used because
-in torch 2.14 inductor's int8 convolution with a symbolic batch size fails its own stride check at run time.
+alone: the quantization parameters are fixed by calibration). The export keeps its batch dimension dynamic,
+so calibration takes chunks of any size; the compilation does not, because in torch 2.14 inductor's int8
+convolution with a symbolic batch size fails its own stride check at run time.
 
 The returned model is inference-only and not loadable into ``create_model(...)`` (``loadable=False``): its
 predictions are what count.
@@ -53,7 +54,7 @@ from funclens.config import ConfigError, Pt2eCfg
 CALIBRATION_CHUNK = 256  # images per calibration forward pass: bounds the observers' activation memory
 LATENCY_BATCH = 64       # images in the timed batch (the paper's batch size)
 LATENCY_WARMUP = 3       # untimed calls per model first: oneDNN primitive caches and the allocator warm up
-LATENCY_REPEATS = 20     # timed calls per model; LeNet takes about 1 ms per call on one core
+LATENCY_REPEATS = 20     # timed calls per model; LeNet on 64 8x8 digits takes about 1 ms a call on one core
 EXTRA_HINT = 'pip install "funclens[torchao]"'
 
 
@@ -195,7 +196,9 @@ def _compile(module: nn.Module, batch: torch.Tensor, about: str) -> FixedBatch:
     compiled = torch.compile(module, backend="inductor", dynamic=False)
     run = FixedBatch(compiled, batch, about)
     # Freezing turns weights into constants, which is what lets inductor fold the int8 weights into
-    # prepacked oneDNN kernels; compilation happens at the first call, so that call is inside the patch.
+    # prepacked oneDNN kernels. Compilation happens at the first call, so that call is inside the patch
+    # (torch.compile's options={"freezing": True} fails on oneDNN's prepack op in torch 2.14); FixedBatch
+    # gives every later call the same shape, so nothing is compiled again outside it.
     with torch._inductor.config.patch(freezing=True):
         run(batch)
     return run
@@ -219,7 +222,8 @@ def _quantized_layers(gm: torch.fx.GraphModule) -> list[tuple[str, str, str, str
     out = []
     for node in gm.graph.nodes:
         # by name: the op exists only once torchao's or torch.ao's quantization is imported
-        if str(node.target) == "quantized_decomposed.dequantize_per_channel.default" and all(getattr(a, "op", "") == "get_attr" for a in node.args[:3]):
+        if (str(node.target) == "quantized_decomposed.dequantize_per_channel.default"
+                and all(getattr(a, "op", "") == "get_attr" for a in node.args[:3])):
             ops = [str(u.target) for u in node.users]
             out.append((*(a.target for a in node.args[:3]), ops[0] if ops else ""))
     return out
