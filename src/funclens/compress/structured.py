@@ -1,9 +1,10 @@
 """Structured (channel) L1 pruning with Torch-Pruning: whole channels go, so the model really gets smaller.
 
-Every prunable layer loses ``amount`` of its output channels, those of smallest L1 norm
-(``tp.importance.MagnitudeImportance(p=1)``, ``global_pruning=False``). Torch-Pruning's dependency graph
-removes the matching input channels of the layers that read them, BatchNorm statistics included, and
-prunes the channels a residual addition ties together as one group. The classifier's output layer keeps
+Every prunable layer loses ``amount`` of its output channels (``global_pruning=False``), those of smallest
+group L1 norm (``tp.importance.MagnitudeImportance(p=1)``, Torch-Pruning's default reduction): a channel's
+group is its filter, the input slices of the layers that read it and its BatchNorm scale, and the norms of
+their weights are averaged. Torch-Pruning's dependency graph removes the whole group, BatchNorm statistics
+included, and the channels a residual addition ties together go as one. The classifier's output layer keeps
 its outputs (they are the classes). The result has other shapes than ``create_model`` builds, so it is not
 loadable (``info.loadable`` is False); its parameters and multiply-accumulates are counted by
 ``tp.utils.count_ops_and_params`` before and after.
