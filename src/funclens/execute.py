@@ -238,10 +238,14 @@ def _finetune_run(spec: RunSpec, ctx: RunContext, store: Store, data: Dataset,
     # Unstructured zeros sit inside dense weights, where gradients, momentum and weight decay would move
     # them; structured pruning removed its channels, so nothing is left to hold.
     hold = hold_zeros(pruned) if isinstance(spec.compress, PruneCfg) else None
+    resume = store.load_checkpoint(rid)
+    if resume is not None and _shapes(resume["model"]) != _shapes(pruned.state_dict()):
+        resume = None  # not this run's structure: a cache to recompute, as the store treats a damaged one
     on_epoch, on_step = _epoch_hooks(rid, store, spec.train.epochs, progress)
-    model, history = train(spec, data, device=device, model=pruned, after_step=hold,
-                           resume=store.load_checkpoint(rid), on_epoch=on_epoch, on_step=on_step,
-                           on_init=lambda sd: store.save_init(rid, sd), channels_last=ctx.channels_last)
+    # No init.pt: the pruned start is the parent pruned again, and a second copy of it would cost as much
+    # disk as the model itself.
+    model, history = train(spec, data, device=device, model=pruned, after_step=hold, resume=resume,
+                           on_epoch=on_epoch, on_step=on_step, channels_last=ctx.channels_last)
     if isinstance(spec.compress, PruneCfg):
         # measured again after fine-tuning: the row describes the model whose predictions it reports
         by_layer = {n: float((m.weight == 0).float().mean()) for n, m in weight_layers(model)}
@@ -253,6 +257,10 @@ def _finetune_run(spec: RunSpec, ctx: RunContext, store: Store, data: Dataset,
         **info.to_json(), "test_acc": final["test_acc"], "test_loss": final["test_loss"], "history": history,
         "device": device.type, "precision": spec.train.precision, "channels_last": ctx.channels_last,
         "train_images": len(data.train_x), "test_images": len(data.test_x)})
+
+
+def _shapes(state: dict) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
 
 
 def _given_run(spec: RunSpec, ctx: RunContext, store: Store, data: Dataset) -> None:
