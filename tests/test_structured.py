@@ -74,3 +74,18 @@ def test_without_torch_pruning_the_error_names_the_extra(monkeypatch):
     m = create_model("lenet", in_shape=(1, 8, 8), num_classes=10)
     with pytest.raises(ConfigError, match=r'pip install "funclens\[pruning\]"'):
         compress(m, StructuredPruneCfg(0.5), torch.zeros(1, 1, 8, 8))
+
+
+def test_a_bf16_trained_parent_is_pruned_and_evaluated_in_bf16(tmp_path):
+    from funclens.config import DataCfg, ModelCfg, RunSpec, TrainCfg
+    from funclens.execute import RunContext, execute_run
+    from funclens.store import Store
+
+    ctx = RunContext(out=str(tmp_path))
+    base = execute_run(RunSpec("train", DataCfg("digits"), ModelCfg("lenet"), TrainCfg(epochs=1, precision="bf16")),
+                       ctx)
+    rid = execute_run(RunSpec("prune", DataCfg("digits"), ModelCfg("lenet"), parent=base,
+                              compress=StructuredPruneCfg(0.3)), ctx)
+    m = Store(tmp_path).load_metrics(rid)
+    # the channels removed, not also a switch of arithmetic from the autocast the parent computed under
+    assert m["precision"] == "bf16" and m["params"] < m["base_params"] and not m["loadable"]

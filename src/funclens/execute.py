@@ -209,9 +209,11 @@ def _compress_run(spec: RunSpec, ctx: RunContext, store: Store, data: Dataset) -
     cmodel, info = compress(model, spec.compress, _calibration(spec.compress, data))
     # A compressed bf16-trained model computes under the autocast its parent was trained and evaluated
     # under, so its row measures the compression alone, not also a switch of arithmetic. torch's own
-    # quantized modules (dynamic-int8, not loadable) run their int8 kernels and take fp32 activations.
+    # quantized modules (dynamic-int8, not loadable) run their int8 kernels and take fp32 activations;
+    # a structurally pruned model is not loadable either, but its layers are torch's float ones.
     parent = store.load_spec(spec.parent).train
-    precision = parent.precision if parent is not None and info.loadable else "fp32"
+    plain_layers = info.loadable or isinstance(spec.compress, StructuredPruneCfg)
+    precision = parent.precision if parent is not None and plain_layers else "fp32"
     # torch's quantized modules run on the CPU only
     probs, m = evaluate(cmodel, data, device="cpu", channels_last=ctx.channels_last, precision=precision)
     store.save_preds(rid, 0, probs)
