@@ -5,7 +5,7 @@ a run was computed never changes what it holds. Which runs to compute, and when,
 :func:`funclens.schedule.run_plan`.
 
 Testing hook: ``FUNCLENS_KILL_AFTER=<run id prefix>:<epoch>[:group]`` makes the process computing a
-training run whose id starts with the prefix SIGKILL itself once that epoch's predictions and
+training run (or a pruning run's fine-tuning) whose id starts with the prefix SIGKILL itself once that epoch's predictions and
 checkpoint are written (``:group``: its whole process group, as when a user kills a study with its
 workers). The kill-and-resume tests use it to stop a study at a chosen epoch; nothing else should
 set it.
@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from funclens.config import ConfigError, DataCfg, FunclensError, RunSpec
+from funclens.config import CompressCfg, ConfigError, DataCfg, FunclensError, PruneCfg, RunSpec, StructuredPruneCfg
 from funclens.data import Dataset, check_content, load_from_cfg
 from funclens.models import create_model
 from funclens.store import Store
@@ -141,6 +142,8 @@ def execute_run(spec: RunSpec, ctx: RunContext, progress: ProgressFn | None = No
     data = preload_dataset(spec.data, ctx)
     if spec.kind == "train":
         _train_run(spec, ctx, store, data, progress)
+    elif spec.kind == "prune" and spec.train is not None:
+        _finetune_run(spec, ctx, store, data, progress)
     else:
         (_given_run if spec.kind == "given" else _compress_run)(spec, ctx, store, data)
         if progress is not None:
@@ -159,15 +162,7 @@ def _train_run(spec: RunSpec, ctx: RunContext, store: Store, data: Dataset, prog
         if spec.distill.init_source:
             init_state = store.load_init(spec.distill.init_source)
 
-    def on_epoch(epoch: int, probs: np.ndarray, row: dict, ckpt: dict) -> None:
-        store.save_preds(rid, epoch, probs)
-        store.save_checkpoint(rid, ckpt)  # after the predictions: a resume never skips an epoch's file
-        _kill_if_asked(rid, epoch)
-
-    def on_step(epoch: int, step: int, steps: int) -> None:
-        if progress is not None:
-            progress(rid, epoch, epochs, step, steps)
-
+    on_epoch, on_step = _epoch_hooks(rid, store, epochs, progress)
     model, history = train(spec, data, device=device, init_state=init_state, teacher_logits=teacher_logits,
                            resume=store.load_checkpoint(rid), on_epoch=on_epoch, on_step=on_step,
                            on_init=lambda sd: store.save_init(rid, sd), channels_last=ctx.channels_last)
@@ -179,26 +174,95 @@ def _train_run(spec: RunSpec, ctx: RunContext, store: Store, data: Dataset, prog
         "train_images": len(data.train_x), "test_images": len(data.test_x)})
 
 
+def _epoch_hooks(rid: str, store: Store, epochs: int, progress: ProgressFn | None
+                 ) -> tuple[Callable[[int, np.ndarray, dict, dict], None], Callable[[int, int, int], None]]:
+    """``train``'s ``on_epoch`` (predictions, then checkpoint, then the kill hook) and ``on_step`` (progress)."""
+
+    def on_epoch(epoch: int, probs: np.ndarray, row: dict, ckpt: dict) -> None:
+        store.save_preds(rid, epoch, probs)
+        store.save_checkpoint(rid, ckpt)  # after the predictions: a resume never skips an epoch's file
+        _kill_if_asked(rid, epoch)
+
+    def on_step(epoch: int, step: int, steps: int) -> None:
+        if progress is not None:
+            progress(rid, epoch, epochs, step, steps)
+
+    return on_epoch, on_step
+
+
+def _calibration(cfg: CompressCfg, data: Dataset) -> torch.Tensor | None:
+    """The training images a compressor is shown: PT2E's and custom compressors' calibration set, and
+    one image for structured pruning, which traces the model's graph and counts its MACs with it."""
+    from funclens.train import calibration_images
+
+    n = getattr(cfg, "calibration", 0) or (1 if isinstance(cfg, StructuredPruneCfg) else 0)
+    return calibration_images(data, n) if n else None
+
+
 def _compress_run(spec: RunSpec, ctx: RunContext, store: Store, data: Dataset) -> None:
     from funclens.compress import compress
-    from funclens.train import calibration_images, evaluate
+    from funclens.train import evaluate
 
     rid = spec.run_id
     assert spec.parent is not None and spec.compress is not None
     model = _load_model(store, spec.parent, spec.model.arch, data)
-    n_cal = getattr(spec.compress, "calibration", 0)  # PT2E and custom compressors calibrate
-    cmodel, info = compress(model, spec.compress, calibration_images(data, n_cal) if n_cal else None)
+    cmodel, info = compress(model, spec.compress, _calibration(spec.compress, data))
     # A compressed bf16-trained model computes under the autocast its parent was trained and evaluated
     # under, so its row measures the compression alone, not also a switch of arithmetic. torch's own
-    # quantized modules (dynamic-int8, not loadable) run their int8 kernels and take fp32 activations.
+    # quantized modules (dynamic-int8, not loadable) run their int8 kernels and take fp32 activations;
+    # a structurally pruned model is not loadable either, but its layers are torch's float ones.
     parent = store.load_spec(spec.parent).train
-    precision = parent.precision if parent is not None and info.loadable else "fp32"
+    plain_layers = info.loadable or isinstance(spec.compress, StructuredPruneCfg)
+    precision = parent.precision if parent is not None and plain_layers else "fp32"
     # torch's quantized modules run on the CPU only
     probs, m = evaluate(cmodel, data, device="cpu", channels_last=ctx.channels_last, precision=precision)
     store.save_preds(rid, 0, probs)
     store.finish(rid, state_dict=cmodel.state_dict() if info.loadable else None, packed=info.packed,
                  metrics={**m, **info.to_json(), "device": "cpu", "precision": precision,
                           "channels_last": ctx.channels_last, "test_images": len(data.test_x)})
+
+
+def _finetune_run(spec: RunSpec, ctx: RunContext, store: Store, data: Dataset,
+                  progress: ProgressFn | None) -> None:
+    """Prune the parent as ``compress`` does, then train the pruned model with ``spec.train``'s recipe,
+    every pruned weight held at zero; predictions and a checkpoint after every epoch, like a training run.
+
+    Pruning is deterministic, so a resumed run rebuilds the very structure (structured pruning: the same
+    channels removed) and the same zeros, then loads its checkpoint into it.
+    """
+    from funclens.compress import compress, weight_layers
+    from funclens.train import hold_zeros, train
+
+    assert spec.parent is not None and spec.compress is not None and spec.train is not None
+    rid, device = spec.run_id, torch.device(ctx.device)
+    parent = _load_model(store, spec.parent, spec.model.arch, data)
+    pruned, info = compress(parent, spec.compress, _calibration(spec.compress, data))
+    # Unstructured zeros sit inside dense weights, where gradients, momentum and weight decay would move
+    # them; structured pruning removed its channels, so nothing is left to hold.
+    hold = hold_zeros(pruned) if isinstance(spec.compress, PruneCfg) else None
+    resume = store.load_checkpoint(rid)
+    if resume is not None and _shapes(resume["model"]) != _shapes(pruned.state_dict()):
+        resume = None  # not this run's structure: a cache to recompute, as the store treats a damaged one
+    on_epoch, on_step = _epoch_hooks(rid, store, spec.train.epochs, progress)
+    # No init.pt: the pruned start is the parent pruned again, and a second copy of it would cost as much
+    # disk as the model itself.
+    model, history = train(spec, data, device=device, model=pruned, after_step=hold, resume=resume,
+                           on_epoch=on_epoch, on_step=on_step, channels_last=ctx.channels_last)
+    if isinstance(spec.compress, PruneCfg):
+        # measured again after fine-tuning: the row describes the model whose predictions it reports
+        by_layer = {n: float((m.weight == 0).float().mean()) for n, m in weight_layers(model)}
+        zeros = sum(int((m.weight == 0).sum()) for _, m in weight_layers(model))
+        total = sum(m.weight.numel() for _, m in weight_layers(model))
+        info = dataclasses.replace(info, sparsity=zeros / total, sparsity_by_layer=by_layer)
+    final = history[-1]
+    store.finish(rid, state_dict=model.state_dict() if info.loadable else None, metrics={
+        **info.to_json(), "test_acc": final["test_acc"], "test_loss": final["test_loss"], "history": history,
+        "device": device.type, "precision": spec.train.precision, "channels_last": ctx.channels_last,
+        "train_images": len(data.train_x), "test_images": len(data.test_x)})
+
+
+def _shapes(state: dict) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
 
 
 def _given_run(spec: RunSpec, ctx: RunContext, store: Store, data: Dataset) -> None:

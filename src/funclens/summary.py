@@ -22,9 +22,9 @@ from funclens.rfd import (CI, INDEPENDENT_ABOVE, N_BOOT, PRESERVE_BELOW, SEED, i
 from funclens.store import Store, StoreError
 
 # roles whose runs become rows compared with the base, in the order of ROLES
-_COMPARED = ("student", "control", "quantize", "prune")
+_COMPARED = ("student", "control", "quantize", "prune", "finetune")
 # roles of post-hoc runs: with compress_all_seeds, one per setting and per uncompressed model
-_POSTHOC = ("quantize", "prune")
+_POSTHOC = ("quantize", "prune", "finetune")
 # sizes a post-hoc run's metrics.json records, copied into its row
 _SIZE_KEYS = ("weight_bytes", "fp32_bytes", "sparse_bytes", "sparsity", "conv_layers_compressed", "layers_total")
 # An independent model's row: it is the yardstick itself, so it gets no verdict of its own.

@@ -114,6 +114,41 @@ def calibration_images(data: Dataset, n: int) -> torch.Tensor:
     return data.normalize(data.train_x[idx]).float().contiguous()
 
 
+def hold_zeros(model: nn.Module) -> Callable[[nn.Module], None]:
+    """A step hook for :func:`funclens.train.train` that sets back to zero every Conv2d and Linear weight
+    that is zero in ``model`` now: fine-tuning a pruned model keeps its sparsity exactly.
+
+    Masking after the optimizer's step, not the gradient: momentum and weight decay move a weight even
+    when its gradient is zero.
+
+    Args:
+        model: the pruned model, before training (the hook keeps its zeros, on whatever device it moves to).
+
+    Example:
+        >>> m = nn.Linear(2, 2)
+        >>> with torch.no_grad():
+        ...     _ = m.weight.copy_(torch.tensor([[0.0, 1.0], [2.0, 0.0]]))
+        >>> hold = hold_zeros(m)
+        >>> with torch.no_grad():
+        ...     _ = m.weight.add_(0.5)
+        >>> hold(m); m.weight.tolist()
+        [[0.0, 1.5], [2.5, 0.0]]
+    """
+    from funclens.compress import weight_layers
+
+    pruned = [(layer, layer.weight.detach() == 0) for _, layer in weight_layers(model)]
+
+    def hold(_model: nn.Module) -> None:
+        with torch.no_grad():
+            for i, (layer, zero) in enumerate(pruned):
+                if zero.device != layer.weight.device:
+                    zero = zero.to(layer.weight.device)  # once, when training moved the model
+                    pruned[i] = (layer, zero)
+                layer.weight.masked_fill_(zero, 0.0)
+
+    return hold
+
+
 def _autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
     """The context a run's forward passes compute in: bf16 autocast on the CPU or CUDA, else none.
 
@@ -135,12 +170,14 @@ def _rng_state(gen: torch.Generator) -> dict:
 def train(spec: RunSpec, data: Dataset, *, device: torch.device | str = "cpu",
           init_state: dict | None = None, teacher_logits: torch.Tensor | None = None,
           resume: dict | None = None, on_epoch: EpochHook | None = None, on_step: StepHook | None = None,
-          on_init: Callable[[dict], None] | None = None, channels_last: bool = True
+          on_init: Callable[[dict], None] | None = None, channels_last: bool = True,
+          model: nn.Module | None = None, after_step: Callable[[nn.Module], None] | None = None
           ) -> tuple[nn.Module, list[dict]]:
     """Train ``spec``'s model and return it with its per-epoch history.
 
     Args:
-        spec: a ``train`` RunSpec; with ``spec.distill`` the loss is :func:`kd_loss` against the teacher.
+        spec: a RunSpec with a ``train`` recipe: a ``train`` run, or a pruning run's fine-tuning (with
+            ``model``); with ``spec.distill`` the loss is :func:`kd_loss` against the teacher.
         data: the in-memory data set.
         device: where to train.
         init_state: initial weights (a base-init student gets the base's); default: built from the seed.
@@ -151,12 +188,26 @@ def train(spec: RunSpec, data: Dataset, *, device: torch.device | str = "cpu",
         on_step: called after every step with (epoch, step, steps per epoch), for progress bars.
         on_init: called once, before training, with the initial state_dict.
         channels_last: the channels-last memory layout (changes only float rounding).
+        model: start from this model (trained in place) instead of one built from ``spec.model`` and the
+            seed; the seed still fixes the data order. A pruned model is fine-tuned this way.
+        after_step: called with the model after every optimizer step, e.g. to hold pruned weights at zero.
+
+    Example:
+        >>> from funclens.config import DataCfg, ModelCfg, RunSpec, TrainCfg
+        >>> from funclens.data import load_dataset
+        >>> ds = load_dataset("digits")
+        >>> spec = RunSpec("train", DataCfg("digits"), ModelCfg("lenet"), TrainCfg(epochs=1))
+        >>> start = create_model("lenet", in_shape=ds.in_shape, num_classes=10)
+        >>> zero = lambda m: m.fc2.bias.data.zero_()
+        >>> tuned, history = train(spec, ds, model=start, after_step=zero)
+        >>> tuned is start, bool((tuned.fc2.bias == 0).all()), len(history)
+        (True, True, 1)
     """
     cfg = spec.train
-    assert cfg is not None and spec.kind == "train"
+    assert cfg is not None and (spec.kind == "train" or model is not None)
     assert spec.distill is None or teacher_logits is not None, "a distillation run needs its teacher's logits"
     device = torch.device(device)
-    model, opt, gen = _build(spec, data, device, init_state, on_init, channels_last)
+    model, opt, gen = _build(spec, data, device, init_state, on_init, channels_last, model)
     if teacher_logits is not None:
         teacher_logits = teacher_logits.to(device)
     history: list[dict] = []
@@ -166,7 +217,7 @@ def train(spec: RunSpec, data: Dataset, *, device: torch.device | str = "cpu",
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
         train_loss = _train_epoch(spec, data, model, opt, gen, teacher_logits, device, epoch, on_step,
-                                  channels_last)
+                                  channels_last, after_step)
         train_time = time.perf_counter() - t0
         probs, m = evaluate(model, data, device, channels_last, cfg.precision)
         row = {"epoch": epoch, "train_loss": train_loss, "test_loss": m["test_loss"], "test_acc": m["test_acc"],
@@ -181,13 +232,14 @@ def train(spec: RunSpec, data: Dataset, *, device: torch.device | str = "cpu",
 
 
 def _build(spec: RunSpec, data: Dataset, device: torch.device, init_state: dict | None,
-           on_init: Callable[[dict], None] | None, channels_last: bool
+           on_init: Callable[[dict], None] | None, channels_last: bool, model: nn.Module | None = None
            ) -> tuple[nn.Module, torch.optim.Optimizer, torch.Generator]:
-    """The seeded model, its optimizer, and the generator of the data order."""
+    """The seeded model (or ``model``, as given), its optimizer, and the generator of the data order."""
     cfg = spec.train
     assert cfg is not None
     torch.manual_seed(cfg.seed)
-    model = create_model(spec.model.arch, in_shape=data.in_shape, num_classes=data.num_classes)
+    if model is None:
+        model = create_model(spec.model.arch, in_shape=data.in_shape, num_classes=data.num_classes)
     if init_state is not None:
         model.load_state_dict(init_state)
     if on_init is not None:
@@ -217,7 +269,8 @@ def _restore(resume: dict, model: nn.Module, opt: torch.optim.Optimizer,
 
 def _train_epoch(spec: RunSpec, data: Dataset, model: nn.Module, opt: torch.optim.Optimizer,
                  gen: torch.Generator, teacher_logits: torch.Tensor | None, device: torch.device, epoch: int,
-                 on_step: StepHook | None, channels_last: bool) -> float:
+                 on_step: StepHook | None, channels_last: bool,
+                 after_step: Callable[[nn.Module], None] | None = None) -> float:
     """One pass over the training set in the generator's order; returns the mean training loss."""
     cfg, dcfg = spec.train, spec.distill
     assert cfg is not None
@@ -247,6 +300,8 @@ def _train_epoch(spec: RunSpec, data: Dataset, model: nn.Module, opt: torch.opti
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if after_step is not None:
+            after_step(model)
         loss_sum += loss.detach() * len(idx)
         if on_step is not None:
             on_step(epoch, step + 1, steps)

@@ -147,7 +147,8 @@ def compress(model: nn.Module, cfg: CompressCfg,
         model: a trained model (any device or float dtype).
         cfg: a compression config (:data:`funclens.config.CompressCfg`).
         calibration: training images ``[N, C, H, W]``, normalized as the model sees them, for the methods
-            that calibrate (PT2E, custom compressors); the others ignore it.
+            that calibrate (PT2E, custom compressors) or trace the model (structured pruning, from its first
+            image); the others ignore it.
 
     Returns:
         The compressed model (fp32, CPU) and its :class:`CompressInfo`.
@@ -211,4 +212,4 @@ def tensor_bytes(model: nn.Module, skip: Collection[str] = ()) -> int:
     return sum(_fp32_size(t) for n, t in named if n not in skip)
 
 
-from funclens.compress import prune, pt2e, quantize, torchao  # noqa: E402,F401  (registration side effect)
+from funclens.compress import prune, pt2e, quantize, structured, torchao  # noqa: E402,F401  (registration side effect)
