@@ -38,9 +38,9 @@ def pin_data(study: StudyCfg, ctx: RunContext) -> StudyCfg:
 
     Runs are named by the content of the data they train on, so a rerun on other (repaired) files never
     reuses runs trained on the old ones; likewise a compressor whose file changed names other runs. A custom
-    compressor that cannot be imported is refused first, before the data are read. The data are read once here: a missing or damaged file, or a model
-    that cannot take the images, is one clear error before any run starts (and the in-process backend reuses
-    the loaded set).
+    compressor that cannot be imported is refused first, before the data are read. The data are read once
+    here: a missing or damaged file, or a model that cannot take the images, is one clear error before any
+    run starts (and the in-process backend reuses the loaded set).
 
     Args:
         study: the study as configured.
