@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -103,7 +104,7 @@ def mods(tmp_path: Path, monkeypatch) -> Path:
     return tmp_path / "mods"
 
 
-def cli(cwd: Path, *args: str) -> "subprocess.CompletedProcess":  # noqa: F821
+def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     return run_cli(*args, cwd=cwd, env={"PYTHONPATH": os.pathsep.join([str(cwd / "mods"), str(SRC)])})
 
 

@@ -145,7 +145,7 @@ def cost_md(summaries: list[dict]) -> str:
     if not rows:
         return ""
     md = ["| Architecture | method | setting | library | bytes (fp32 → compressed) | parameters | "
-          "MACs per image | latency ms (fp32 → compressed, batch) | speed-up |", "|---|---|---|---|---|---|---|---|---|"]
+          "MACs per image | latency ms (fp32 → compressed, batch) | speed-up |", "|---" * 9 + "|"]
     for arch, r in rows:
         batch = r.get("latency_batch")
         latency = _pair(r, "fp32_latency_ms", "latency_ms", ".3f")

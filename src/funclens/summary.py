@@ -273,7 +273,8 @@ def setup(sv: StudyView) -> dict:
         "distill_alphas": list(g.alphas), "distill_seeds": list(g.seeds), "temperature": g.temperature,
         "distill_init": g.init, "distill_control": g.control, "quantize": list(st.quantize),
         "prune": list(st.prune), "prune_global": list(st.prune_global),
-        "prune_structured": list(st.prune_structured), "finetune_epochs": st.finetune_epochs, "torchao": list(st.torchao), "pt2e": st.pt2e,
+        "prune_structured": list(st.prune_structured), "finetune_epochs": st.finetune_epochs,
+        "torchao": list(st.torchao), "pt2e": st.pt2e,
         "calibration_images": st.calibration_images,
         # a compressor of the user's is named by its source file's content, as pinned when the study started
         "custom": [{"name": c.name, "fn": c.fn, "source_sha256": c.source_sha256} for c in st.custom],

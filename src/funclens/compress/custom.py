@@ -41,6 +41,9 @@ from funclens.models import import_by_name
 # A returned model whose state_dict, loaded into the study's architecture, gives logits this close to its own
 # on the calibration images is stored as model.pt (fp32 logits: rounding of the same arithmetic, not a change).
 RELOAD_RTOL, RELOAD_ATOL = 1e-4, 1e-5
+# calibration images the returned model is checked on: enough to see its output's shape and whether its
+# state_dict reproduces it, without a second pass over a calibration set of up to 65,536 images
+CHECK_IMAGES = 64
 
 
 def unchanged(model: nn.Module, calibration: torch.Tensor) -> nn.Module:
@@ -184,8 +187,9 @@ def _custom(model: nn.Module, cfg: CustomCfg,
             raise ConfigError(f"{what}: {path} changed since the study started; rerun the study to compress "
                               "with the new code")
     x = calibration.float().cpu()
+    probe = x[:CHECK_IMAGES]
     with torch.no_grad():
-        want = model.eval()(x).shape
+        want = model.eval()(probe).shape
     twin = copy.deepcopy(model)  # the study's architecture with the original weights, before fn may edit them
     try:
         out = fn(model, x.clone())  # a copy: a compressor that edits its images leaves the check's alone
@@ -193,6 +197,6 @@ def _custom(model: nn.Module, cfg: CustomCfg,
         raise ConfigError(f"{what} raised {_why(e)}") from None
     if not isinstance(out, nn.Module):
         raise ConfigError(f"{what} returned a {type(out).__name__}, not a torch.nn.Module")
-    logits = _logits(out, x, want, what)
+    logits = _logits(out, probe, want, what)
     changed, conv = _changed_layers(twin, out)  # before _reloads loads the new weights into twin
-    return out, CompressInfo("custom", cfg.name, _reloads(twin, out, logits, x), changed, conv, own_bytes(out))
+    return out, CompressInfo("custom", cfg.name, _reloads(twin, out, logits, probe), changed, conv, own_bytes(out))
