@@ -203,6 +203,10 @@ def test_a_digits_study_has_the_custom_and_fine_tuned_rows_with_verdicts(mods):
     with open(root / "out" / "tables" / "landscape.csv") as f:
         roles = {row["role"] for row in csv.DictReader(f)}
     assert {"custom", "finetune"} <= roles and (ROLES["custom"].letter, ROLES["finetune"].letter) == ("X", "R")
+    # The report is redone from the store alone, without the compressor's module on the path.
+    r = run_cli("report", "out", cwd=root, env={"PYTHONPATH": str(SRC)})
+    assert r.returncode == 0, r.stderr
+    assert json.loads((root / "out" / "summary.json").read_text())["rows"] == s["rows"]
     # The libraries' measurements, where a run recorded them, are carried into its row and shown as cost.
     sv = load_study(root / "out")
     cost = {"params": 900, "base_params": 1800, "latency_ms": 1.5, "fp32_latency_ms": 3.0, "latency_batch": 64,
