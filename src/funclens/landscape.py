@@ -48,7 +48,8 @@ _ANGLES = np.deg2rad(np.arange(16) * 22.5 + 45.0)
 # verdict -> colour of a point in the accuracy figure
 VERDICT_COLOURS = {"preserves": "tab:green", "partial": "tab:orange", "independent-like": "tab:red",
                    "undetermined": "0.5", "yardstick": "tab:blue"}
-_MARKERS = {"independent": "*", "student": "o", "control": "D", "quantize": "s", "prune": "^"}
+_MARKERS = {"independent": "*", "student": "o", "control": "D", "quantize": "s", "prune": "^", "finetune": "v",
+            "custom": "X"}
 
 
 class LandscapeError(FunclensError):
@@ -222,8 +223,9 @@ def plot_landscape(coords: np.ndarray, points: Sequence[Mapping[str, Any]], *, t
 
     Args:
         coords: ``[M, 2]`` from :func:`embed`.
-        points: M dicts, one per row of ``coords``: ``role`` (base, independent, student, control, quantize,
-            prune), ``letter`` (B, I, D, C, Q, P; defaults from the role), ``label`` (short text beside the final
+        points: M dicts, one per row of ``coords``: ``role`` (a key of :data:`funclens.plan.ROLES`: base,
+            independent, student, control, quantize, prune, finetune, custom...), ``letter`` (B, I, D, C, Q, P,
+            R, X...; defaults from the role), ``label`` (short text beside the final
             letter, e.g. "8-bit"), ``trajectory`` (points with the same id are joined in ``epoch`` order; None: a
             point of its own), ``epoch`` (int; the trajectory's last epoch gets the big letter).
         title: the axes title.

@@ -25,16 +25,27 @@ from funclens.rfd import CI, INDEPENDENT_ABOVE, N_BOOT
 
 _CI = f"{CI:.0%}"  # the intervals' coverage, as table heads print it
 from funclens.store import Store, atomic_write_bytes, atomic_write_text
-from funclens.summary import RunView, StudyView, analyse, load_study
+from funclens.summary import COST_KEYS, RunView, StudyView, analyse, load_study
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 # ---------------------------------------------------------------- tables
 
+def _column(row: dict) -> str:
+    """A row's column head: its setting; a custom compressor's name says so, as it may read like a scheme.
+
+    Example:
+        >>> _column({"method": "quantize", "setting": "8-bit"}), _column({"method": "custom", "setting": "8-bit"})
+        ('8-bit', 'custom 8-bit')
+    """
+    return f"custom {row['setting']}" if row["method"] == "custom" else row["setting"]
+
+
 def paper_columns(summary: dict) -> list[str]:
-    """Column heads in the paper's order: alphas, quantization, then pruning amounts."""
-    return [r["setting"] for r in summary["rows"] if r["method"] in ("distill", "quantize", "prune")]
+    """Column heads in the paper's order: alphas, quantization, pruning amounts (then fine-tuned), then custom
+    compressors."""
+    return [_column(r) for r in summary["rows"] if r["method"] in ("distill", "quantize", "prune", "custom")]
 
 
 def _num(v: float | None, spec: str) -> str:
@@ -59,7 +70,7 @@ def _accuracy_tables(summaries: list[dict]) -> tuple[str, str]:
     rows = [["dataset", "architecture", "base_accuracy"] + [h for c in cols for h in (c, c + " std")]]
     md = ["| Architecture | base acc. | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for s in summaries:
-        by = {r["setting"]: r for r in s["rows"]}
+        by = {_column(r): r for r in s["rows"] if r["method"] != "independent"}
         cells = []
         for c in cols:
             r = by.get(c, {"accuracy_deviation_pct": None, "accuracy_deviation_std": None})
@@ -101,6 +112,48 @@ def _distance_tables(summaries: list[dict]) -> tuple[str, str]:
                       f"{r['verdict']} | "
                       + " | ".join(_size(r)) + " |")
     return _csv(rows), "\n".join(md) + "\n"
+
+
+def _pair(r: dict, before: str, after: str, spec: str) -> str:
+    """``before → after`` of two of a row's numbers, as ``spec`` formats them; empty where neither was recorded."""
+    a, b = r.get(before), r.get(after)
+    return "" if a is None and b is None else f"{_num(a, spec) or '?'} → {_num(b, spec) or '?'}"
+
+
+def _speedup(r: dict) -> str:
+    fp32, ms = r.get("fp32_latency_ms"), r.get("latency_ms")
+    return f"{fp32 / ms:.2f}x" if fp32 and ms else ""
+
+
+def cost_md(summaries: list[dict]) -> str:
+    """What the compressed models cost, for the rows whose runs measured it (the field's libraries): bytes,
+    parameters and MACs against the model compressed, latency of one batch against fp32 in the same run, and
+    the library. Empty when no row has any of those measurements.
+
+    Args:
+        summaries: ``summary.json`` of each study.
+
+    Example:
+        >>> row = {"method": "quantize", "setting": "PT2E int8", "fp32_bytes": 900, "weight_bytes": 300,
+        ...        "latency_ms": 2.0, "fp32_latency_ms": 5.0, "latency_batch": 64, "library": "torch 2.14.1"}
+        >>> cost_md([{"arch": "lenet", "rows": [row]}]).splitlines()[-1]
+        '| lenet | quantize | PT2E int8 | torch 2.14.1 | 900 → 300 |  |  | 5.000 → 2.000 (64) | 2.50x |'
+        >>> cost_md([{"arch": "lenet", "rows": [{"method": "prune", "setting": "50%", "fp32_bytes": 900}]}])
+        ''
+    """
+    rows = [(s["arch"], r) for s in summaries for r in s["rows"] if any(r.get(k) is not None for k in COST_KEYS)]
+    if not rows:
+        return ""
+    md = ["| Architecture | method | setting | library | bytes (fp32 → compressed) | parameters | "
+          "MACs per image | latency ms (fp32 → compressed, batch) | speed-up |", "|---" * 9 + "|"]
+    for arch, r in rows:
+        batch = r.get("latency_batch")
+        latency = _pair(r, "fp32_latency_ms", "latency_ms", ".3f")
+        md.append(f"| {arch} | {r['method']} | {r['setting']} | {r.get('library') or ''} | "
+                  f"{_pair(r, 'fp32_bytes', 'weight_bytes', ',')} | {_pair(r, 'base_params', 'params', ',')} | "
+                  f"{_pair(r, 'base_macs', 'macs', ',')} | {latency}{f' ({batch})' if latency and batch else ''} | "
+                  f"{_speedup(r)} |")
+    return "\n".join(md) + "\n"
 
 
 def write_tables(out: Path, summaries: list[dict]) -> tuple[str, str]:
@@ -310,6 +363,9 @@ def yardstick_md(summary: dict) -> str:
 
 
 _SETUP_NAMES = {"data_content_sha256": "data content (sha256)", "batch_size": "batch size",
+                "prune_structured": "channel pruning (Torch-Pruning)", "finetune_epochs": "fine-tuning epochs",
+                "pt2e": "PT2E int8", "calibration_images": "calibration images",
+                "custom": "custom compressors (source sha256)",
                 "lr": "learning rate", "weight_decay": "weight decay", "distill_alphas": "distillation alphas",
                 "distill_seeds": "student seeds", "temperature": "distillation T", "distill_init": "student init",
                 "distill_control": "random control", "prune_global": "global pruning",
@@ -321,6 +377,8 @@ def setup_md(summary: dict) -> str:
     """The setup block: every field that went into the run ids, as a two-column table."""
     lines = ["| setting | value |", "|---|---|"]
     for k, v in summary.get("setup", {}).items():
+        if k == "custom":
+            v = [f"{c['name']} = {c['fn']} ({c.get('source_sha256') or 'not pinned'})" for c in v]
         if isinstance(v, list):
             v = ", ".join(str(x) for x in v) or "none"
         elif k in ("train_subset", "test_subset") and v == 0:
@@ -406,6 +464,9 @@ def _study_blocks(summary: dict, prefix: str = "") -> list[tuple[str, str, str]]
              _md_table_to_html(yardstick_md(summary)))]
 
 
+_COST_HEAD = "Cost: size, parameters, MACs and latency (where the compressing library measured them)"
+
+
 def write_documents(out: Path, title: str, intro: str, summaries: list[dict], acc_md: str, dist_md: str,
                     sentences: list[str], figures: list[tuple[Path, str]]) -> Path:
     """``report.md`` and ``report.html``: the reduced mark, summary, setup and yardstick of every study first,
@@ -420,7 +481,11 @@ def write_documents(out: Path, title: str, intro: str, summaries: list[dict], ac
         md += [f"## {head}", "", text_md]
     md += ["## Verdicts", "", units, ""] + [f"- {x}" for x in sentences]
     md += ["", "## Accuracy deviation (%, relative to the base; the paper's Tables 1-3)", "", acc_md,
-           "## Functional distance to the base, and model sizes", "", dist_md, diag_md, "## Figures", ""]
+           "## Functional distance to the base, and model sizes", "", dist_md]
+    cost = cost_md(summaries)
+    if cost:
+        md += [f"## {_COST_HEAD}", "", cost]
+    md += [diag_md, "## Figures", ""]
     md += [f"![{cap}]({p.relative_to(out).as_posix()})" for p, cap in figures]
     md += [f"\nInteractive landscape (hover a point for its run, epoch and accuracy): [{p}]({p})"
            for p in _interactive_links(out, figures)]
@@ -431,8 +496,10 @@ def write_documents(out: Path, title: str, intro: str, summaries: list[dict], ac
     body += ["<h2>Verdicts</h2>", f"<p><small>{html.escape(units)}</small></p><ul>"]
     body += [f"<li>{html.escape(x)}</li>" for x in sentences] + ["</ul>"]
     body += ["<h2>Accuracy deviation (%, relative to the base)</h2>", _md_table_to_html(acc_md),
-             "<h2>Functional distance to the base, and model sizes</h2>", _md_table_to_html(dist_md), diag_html,
-             "<h2>Figures</h2>"]
+             "<h2>Functional distance to the base, and model sizes</h2>", _md_table_to_html(dist_md)]
+    if cost:
+        body += [f"<h2>{html.escape(_COST_HEAD)}</h2>", _md_table_to_html(cost)]
+    body += [diag_html, "<h2>Figures</h2>"]
     body += [f"<figure>{_img_tag(p, cap)}<figcaption>{html.escape(cap)}</figcaption></figure>" for p, cap in figures]
     body += [f"<p><a href='{html.escape(p)}'>Interactive landscape</a> (hover a point for its run, epoch and "
              f"accuracy; one file, works offline)</p>" for p in _interactive_links(out, figures)]

@@ -33,12 +33,14 @@ def study_record(study: StudyCfg, planned: list[PlannedRun]) -> dict:
 
 
 def pin_data(study: StudyCfg, ctx: RunContext) -> StudyCfg:
-    """``study`` as `funclens study` plans it: its data (and any given checkpoints) pinned to their content.
+    """``study`` as `funclens study` plans it: its data, any given checkpoints and the source files of its
+    custom compressors pinned to their content.
 
     Runs are named by the content of the data they train on, so a rerun on other (repaired) files never
-    reuses runs trained on the old ones. The data are read once here: a missing or damaged file, or a model
-    that cannot take the images, is one clear error before any run starts (and the in-process backend reuses
-    the loaded set).
+    reuses runs trained on the old ones; likewise a compressor whose file changed names other runs. A custom
+    compressor that cannot be imported is refused first, before the data are read. The data are read once
+    here: a missing or damaged file, or a model that cannot take the images, is one clear error before any
+    run starts (and the in-process backend reuses the loaded set).
 
     Args:
         study: the study as configured.
@@ -51,7 +53,9 @@ def pin_data(study: StudyCfg, ctx: RunContext) -> StudyCfg:
         True
     """
     from funclens.checkpoints import pin_checkpoints
+    from funclens.compress.custom import pin_custom
 
+    study = study.replace(custom=pin_custom(study.custom))
     data = preload_dataset(study.data, ctx)
     check_model_fits(study.model.arch, data)
     study = study.replace(data=identified(study.data, data))

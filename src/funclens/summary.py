@@ -22,11 +22,14 @@ from funclens.rfd import (CI, INDEPENDENT_ABOVE, N_BOOT, PRESERVE_BELOW, SEED, i
 from funclens.store import Store, StoreError
 
 # roles whose runs become rows compared with the base, in the order of ROLES
-_COMPARED = ("student", "control", "quantize", "prune", "finetune")
+_COMPARED = ("student", "control", "quantize", "prune", "finetune", "custom")
 # roles of post-hoc runs: with compress_all_seeds, one per setting and per uncompressed model
-_POSTHOC = ("quantize", "prune", "finetune")
+_POSTHOC = ("quantize", "prune", "finetune", "custom")
 # sizes a post-hoc run's metrics.json records, copied into its row
 _SIZE_KEYS = ("weight_bytes", "fp32_bytes", "sparse_bytes", "sparsity", "conv_layers_compressed", "layers_total")
+# what the field's libraries measure (funclens.compress.CompressInfo), copied into the row where recorded
+COST_KEYS = ("params", "macs", "base_params", "base_macs", "latency_ms", "fp32_latency_ms", "latency_batch",
+             "library")
 # An independent model's row: it is the yardstick itself, so it gets no verdict of its own.
 YARDSTICK = "yardstick"
 # A "preserves" verdict is relative to the yardstick; when independents themselves disagree a lot, a model can
@@ -79,7 +82,8 @@ def load_study(out: Path) -> StudyView:
             raise StoreError(problems[0] + "; rerun `funclens study` to recompute it")
         m = store.load_metrics(rid)
         info = {k: m[k] for k in ("weight_bytes", "fp32_bytes", "sparse_bytes", "sparsity", "layers_compressed",
-                                  "conv_layers_compressed", "layers_total", "precision", "device", "git_commit", "funclens_version") if k in m}
+                                  "conv_layers_compressed", "layers_total", "precision", "device", "git_commit",
+                                  "funclens_version", *COST_KEYS) if k in m}
         views.append(RunView(rid, r["role"], r["setting"], r.get("seed"), float(m["test_acc"]),
                              store.load_preds(rid), store.pred_epochs(rid), info,
                              r["parents"][0] if r["role"] in _POSTHOC and r.get("parents") else None))
@@ -201,7 +205,7 @@ def _row(sv: StudyView, role: str, setting: str, members: list[RunView], indeps:
         "js": _mean_distance(base.final, members, "js"), "tv": _mean_distance(base.final, members, "tv"),
         **r.to_json(),
     }
-    row.update({k: members[0].info[k] for k in _SIZE_KEYS if k in members[0].info})
+    row.update({k: members[0].info[k] for k in (*_SIZE_KEYS, *COST_KEYS) if k in members[0].info})
     row.update(diagnose(base.final, [m.final for m in members], sv.labels,
                         [i.final for i in indeps if all(i is not m for m in members)]))
     row.update(_yardstick_spread(base, members, indeps, metric))
@@ -268,7 +272,13 @@ def setup(sv: StudyView) -> dict:
         "momentum": t.momentum, "weight_decay": t.weight_decay, "precision": t.precision, "seeds": list(st.seeds),
         "distill_alphas": list(g.alphas), "distill_seeds": list(g.seeds), "temperature": g.temperature,
         "distill_init": g.init, "distill_control": g.control, "quantize": list(st.quantize),
-        "prune": list(st.prune), "prune_global": list(st.prune_global), "metric": st.metric,
+        "prune": list(st.prune), "prune_global": list(st.prune_global),
+        "prune_structured": list(st.prune_structured), "finetune_epochs": st.finetune_epochs,
+        "torchao": list(st.torchao), "pt2e": st.pt2e,
+        "calibration_images": st.calibration_images,
+        # a compressor of the user's is named by its source file's content, as pinned when the study started
+        "custom": [{"name": c.name, "fn": c.fn, "source_sha256": c.source_sha256} for c in st.custom],
+        "metric": st.metric,
         "funclens_versions": versions, "git_commits": commits,
         "preset": preset_of(st), "changed_from_preset": preset_changes(st),
     }
@@ -308,7 +318,7 @@ def population(sv: StudyView, role: str, setting: str) -> list[tuple[RunView, Ru
 
     Args:
         sv: the study.
-        role: ``"quantize"`` or ``"prune"``.
+        role: a post-hoc role: ``"quantize"``, ``"prune"``, ``"finetune"`` or ``"custom"``.
         setting: the setting's name, e.g. ``"8-bit"``.
     """
     by_run = {r.run: r for r in sv.runs}

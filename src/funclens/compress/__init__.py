@@ -212,4 +212,4 @@ def tensor_bytes(model: nn.Module, skip: Collection[str] = ()) -> int:
     return sum(_fp32_size(t) for n, t in named if n not in skip)
 
 
-from funclens.compress import prune, pt2e, quantize, structured, torchao  # noqa: E402,F401  (registration side effect)
+from funclens.compress import custom, prune, pt2e, quantize, structured, torchao  # noqa: E402,F401  (registration side effect)

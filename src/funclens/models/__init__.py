@@ -50,20 +50,37 @@ def _timm():  # noqa: ANN202
     return timm
 
 
-def _factory(arch: str) -> Callable[..., object]:
-    """The function ``"package.module:function"`` names, imported; a :class:`ConfigError` when there is none."""
-    module_name, _, fn_name = arch.partition(":")
+def import_by_name(name: str, what: str) -> Callable[..., object]:
+    """The function ``"package.module:function"`` names, imported; a one-line :class:`ConfigError` when there is
+    none. Study files name models and compressors this way; the name comes from the study file, never from data.
+
+    Args:
+        name: ``"package.module:function"``.
+        what: how errors name it, e.g. ``"arch 'mynets:cnn'"``.
+
+    Example:
+        >>> import_by_name("funclens.models:list_models", "arch")() == list_models()
+        True
+        >>> import_by_name("funclens.models:nothing", "custom compressor 'mine'")
+        Traceback (most recent call last):
+        funclens.errors.ConfigError: custom compressor 'mine': funclens.models has no function nothing
+    """
+    module_name, _, fn_name = name.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ConfigError(f"arch {arch!r}: cannot import {module_name} ({type(e).__name__}: {e}; is its folder "
+        raise ConfigError(f"{what}: cannot import {module_name} ({type(e).__name__}: {e}; is its folder "
                           "on PYTHONPATH?)") from None
     except Exception as e:  # the user's module failed while it was imported: their code, not funclens
-        raise ConfigError(f"arch {arch!r}: importing {module_name} failed ({type(e).__name__}: {e})") from None
+        raise ConfigError(f"{what}: importing {module_name} failed ({type(e).__name__}: {e})") from None
     fn = getattr(module, fn_name, None)
     if fn is None or not callable(fn):
-        raise ConfigError(f"arch {arch!r}: {module_name} has no function {fn_name}")
+        raise ConfigError(f"{what}: {module_name} has no function {fn_name}")
     return fn
+
+
+def _factory(arch: str) -> Callable[..., object]:
+    return import_by_name(arch, f"arch {arch!r}")
 
 
 def check_arch(arch: str) -> None:
