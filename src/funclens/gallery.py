@@ -21,7 +21,7 @@ from funclens import paths
 from funclens.errors import FunclensError
 from funclens.exemplars import COLUMNS, Exemplar, exemplar_rows, exemplars
 from funclens.store import atomic_write_text
-from funclens.summary import RunView, StudyView, population
+from funclens.summary import COMPARED_ROLES, POSTHOC_ROLES, RunView, StudyView, population
 
 SHOWN_PER_SETTING = 6   # exemplars shown per setting in the gallery (the CSV holds them all)
 SHOWN_FLIPPED = 12      # most-flipped inputs shown
@@ -37,7 +37,7 @@ class SettingExemplars:
 
 
 def setting_exemplars(sv: StudyView, labels: np.ndarray | None) -> list[SettingExemplars]:
-    """The exemplars of every post-hoc setting of ``sv`` (quantize, prune), in the plan's order.
+    """The exemplars of every post-hoc setting of ``sv`` (quantize, prune, fine-tuned, custom...), in the plan's order.
 
     Args:
         sv: the study.
@@ -45,7 +45,7 @@ def setting_exemplars(sv: StudyView, labels: np.ndarray | None) -> list[SettingE
     """
     uncompressed = [sv.base.final, *(r.final for r in sv.of("independent"))]
     out = []
-    for role in ("quantize", "prune"):
+    for role in POSTHOC_ROLES:
         for setting in dict.fromkeys(r.setting for r in sv.of(role)):
             members = [m.final for _, m in population(sv, role, setting)]
             out.append(SettingExemplars(role, setting, len(members), exemplars(uncompressed, members, labels)))
@@ -89,8 +89,8 @@ def _label(probs: np.ndarray, i: int) -> str:
 
 def _compared(sv: StudyView) -> dict[str, RunView]:
     """The models compared with the base, by the name the gallery gives them (independents' copies left out)."""
-    return {(r.setting if r.role in ("quantize", "prune") else f"{r.setting} s{r.seed}"): r
-            for role in ("student", "control", "quantize", "prune") for r in sv.of(role)
+    return {(r.setting if r.role in POSTHOC_ROLES else f"{r.setting} s{r.seed}"): r
+            for role in COMPARED_ROLES for r in sv.of(role)
             if r.parent in (None, sv.base.run)}
 
 

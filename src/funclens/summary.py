@@ -22,9 +22,9 @@ from funclens.rfd import (CI, INDEPENDENT_ABOVE, N_BOOT, PRESERVE_BELOW, SEED, i
 from funclens.store import Store, StoreError
 
 # roles whose runs become rows compared with the base, in the order of ROLES
-_COMPARED = ("student", "control", "quantize", "prune", "finetune", "custom")
+COMPARED_ROLES = ("student", "control", "quantize", "prune", "finetune", "custom")
 # roles of post-hoc runs: with compress_all_seeds, one per setting and per uncompressed model
-_POSTHOC = ("quantize", "prune", "finetune", "custom")
+POSTHOC_ROLES = ("quantize", "prune", "finetune", "custom")
 # sizes a post-hoc run's metrics.json records, copied into its row
 _SIZE_KEYS = ("weight_bytes", "fp32_bytes", "sparse_bytes", "sparsity", "conv_layers_compressed", "layers_total")
 # what the field's libraries measure (funclens.compress.CompressInfo), copied into the row where recorded
@@ -86,7 +86,7 @@ def load_study(out: Path) -> StudyView:
                                   "funclens_version", *COST_KEYS) if k in m}
         views.append(RunView(rid, r["role"], r["setting"], r.get("seed"), float(m["test_acc"]),
                              store.load_preds(rid), store.pred_epochs(rid), info,
-                             r["parents"][0] if r["role"] in _POSTHOC and r.get("parents") else None))
+                             r["parents"][0] if r["role"] in POSTHOC_ROLES and r.get("parents") else None))
     base = next((v for v in views if v.role == "base"), None)
     labels = store.load_labels(base.run) if base is not None else None
     if labels is not None and len(labels) != len(base.final):
@@ -287,9 +287,9 @@ def setup(sv: StudyView) -> dict:
 def _groups(sv: StudyView) -> dict[tuple[str, str], list[RunView]]:
     """(role, setting) -> its runs, compared roles only, in the order of ROLES then of the plan."""
     groups: dict[tuple[str, str], list[RunView]] = {}
-    for role in _COMPARED:
+    for role in COMPARED_ROLES:
         for r in sv.of(role):
-            if role in _POSTHOC and r.parent not in (None, sv.base.run):
+            if role in POSTHOC_ROLES and r.parent not in (None, sv.base.run):
                 continue  # an independent model's compressed copy: in its setting's population, not its row
             # a control student's setting names its role too, so that table columns stay distinct
             groups.setdefault((role, r.setting if role != "control" else f"control {r.setting}"), []).append(r)
@@ -361,7 +361,7 @@ def analyse(sv: StudyView) -> dict:
     rows += [_row(sv, role, setting, members, indeps, metric) for (role, setting), members in _groups(sv).items()]
     rows += _precision_rows(sv, metric)
     for row in rows:
-        if row["role"] in _POSTHOC:
+        if row["role"] in POSTHOC_ROLES:
             row.update(population_fields(sv, row["role"], row["setting"], metric))
     for row in rows:
         row["caveats"] = caveats(row, ref["pairs"])
