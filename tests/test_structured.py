@@ -1,6 +1,9 @@
 """Structured (channel) pruning with Torch-Pruning: the model really shrinks, and still classifies."""
 
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +13,8 @@ from funclens.config import ConfigError, StructuredPruneCfg
 from funclens.data import load_dataset
 from funclens.models import create_model
 from funclens.train import calibration_images, evaluate
+
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def test_lenet_half_the_channels_keeps_about_a_quarter_of_params_and_macs():
@@ -89,3 +94,19 @@ def test_a_bf16_trained_parent_is_pruned_and_evaluated_in_bf16(tmp_path):
     m = Store(tmp_path).load_metrics(rid)
     # the channels removed, not also a switch of arithmetic from the autocast the parent computed under
     assert m["precision"] == "bf16" and m["params"] < m["base_params"] and not m["loadable"]
+
+
+@pytest.mark.parametrize("missing, key, extra", [("torch_pruning", "prune_structured = [0.5]", "pruning"),
+                                                  ("torchao", "pt2e = true", "torchao")])
+def test_a_study_needing_a_missing_library_is_refused_before_anything_trains(tmp_path, missing, key, extra):
+    (tmp_path / "s.toml").write_text(f'name = "lib"\nseeds = [0, 1]\nquantize = []\nprune = []\n{key}\n'
+                                     '[train]\nepochs = 1\n[distill]\nalphas = []\n')
+    code = (f"import sys, runpy; sys.modules[{missing!r}] = None\n"
+            "sys.argv = ['funclens', 'study', 's.toml', '--out', 'out', '--jobs', '1', '--offline']\n"
+            "runpy.run_module('funclens', run_name='__main__')")
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                       timeout=300)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert f'pip install "funclens[{extra}]"' in r.stderr
+    assert not (tmp_path / "out" / "runs").exists()

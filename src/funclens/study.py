@@ -38,7 +38,8 @@ def pin_data(study: StudyCfg, ctx: RunContext) -> StudyCfg:
 
     Runs are named by the content of the data they train on, so a rerun on other (repaired) files never
     reuses runs trained on the old ones; likewise a compressor whose file changed names other runs. A custom
-    compressor that cannot be imported is refused first, before the data are read. The data are read once
+    compressor that cannot be imported, or a library the study's compressors need and that is missing, is
+    refused first, before the data are read. The data are read once
     here: a missing or damaged file, or a model that cannot take the images, is one clear error before any
     run starts (and the in-process backend reuses the loaded set).
 
@@ -53,8 +54,10 @@ def pin_data(study: StudyCfg, ctx: RunContext) -> StudyCfg:
         True
     """
     from funclens.checkpoints import pin_checkpoints
+    from funclens.compress import require_libraries
     from funclens.compress.custom import pin_custom
 
+    require_libraries(study)
     study = study.replace(custom=pin_custom(study.custom))
     data = preload_dataset(study.data, ctx)
     check_model_fits(study.model.arch, data)

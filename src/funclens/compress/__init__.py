@@ -62,7 +62,7 @@ from typing import Any, Callable, Collection, TypeVar
 import torch
 import torch.nn as nn
 
-from funclens.config import CompressCfg, ConfigError, PruneCfg, QuantCfg  # noqa: F401  (examples)
+from funclens.config import CompressCfg, ConfigError, PruneCfg, QuantCfg, StudyCfg  # noqa: F401  (examples)
 
 
 
@@ -174,6 +174,26 @@ def compress(model: nn.Module, cfg: CompressCfg,
     work = copy.deepcopy(model).float().cpu()
     out, info = method(work, cfg, calibration)
     return out, dataclasses.replace(info, layers_total=len(layers), fp32_bytes=fp32)
+
+
+def require_libraries(study: StudyCfg) -> None:
+    """Refuse a study whose compressors need a library that is not installed, before any run starts: the
+    optional extras (torchao for ``torchao`` and ``pt2e``, Torch-Pruning for ``prune_structured``) are
+    otherwise found missing only once the base and the yardstick have trained.
+
+    Args:
+        study: the study about to run.
+
+    Example:
+        >>> from funclens.config import preset_study
+        >>> require_libraries(preset_study("quick"))   # the paper's compressors need nothing more
+    """
+    if study.torchao:
+        torchao.import_torchao()
+    if study.pt2e:
+        pt2e._torchao()
+    if study.prune_structured:
+        structured._torch_pruning()
 
 
 # ---------------------------------------------------------------- helpers shared by the methods
