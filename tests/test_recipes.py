@@ -19,6 +19,15 @@ from funclens.study import run_study
 from funclens.train import train
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # a few epochs of LeNet on digits take 0.2 s on one thread and many seconds on two busy cores
+    was = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(was)
+
+
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits")
