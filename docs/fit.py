@@ -197,8 +197,8 @@ def markdown(rows: list[dict], datasets: list[str], args: argparse.Namespace, co
     settings = list(PAPER[datasets[0]]["cells"])
     out = ["# Fit search: training recipe x pruning scope against the paper's LeNet cells", "",
            f"Command: `{command}`  ", f"Commit: {_commit()}; funclens {__version__}, torch {torch.__version__}.  ",
-           f"Bases: LeNet, seed 0, {args.epochs} epoch{'s' * (args.epochs != 1)}, batch 64; training images: {subset(args.train_subset)}; "
-           f"test images: {subset(args.test_subset)}.  ",
+           f"Bases: LeNet, seed 0, {args.epochs} epoch{'s' * (args.epochs != 1)}, batch 64; "
+           f"training images: {subset(args.train_subset)}; test images: {subset(args.test_subset)}.  ",
            "Scored cells: " + "; ".join(f"{NAMES[d]}: {PAPER[d]['table']}, {', '.join(settings)}" for d in datasets)
            + ". The students' cells (alpha) are not scored: they need distilled models, trained for the best few.  ",
            f"Score: cells within {args.tolerance:g} percentage points of the paper's accuracy deviation (relative, "
