@@ -121,6 +121,7 @@ QUANT_SCHEMES = ("16-bit", "bf16", "8-bit", "4-bit", "dynamic-int8")
 TORCHAO_SCHEMES = ("int8-weight-only", "int4-weight-only", "int8-dynamic")
 MAX_CALIBRATION = 1 << 16  # training images shown to a calibrating compressor
 OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "cosine", "step")
 
 
 @dataclass(frozen=True)
@@ -137,8 +138,12 @@ class DataCfg:
                 "content (runs are then named by that content)"})
     image_size: int = field(default=0, metadata={
         "help": "folder: data sets only: every image is resized to image_size x image_size pixels"})
+    normalize: bool = field(default=True, metadata={
+        "help": "standardise each input channel with the training set's mean and std; false: pixels / 255 "
+                "only (in [0, 1]), for training, evaluation and calibration alike"})
 
     def __post_init__(self) -> None:
+        _check(isinstance(self.normalize, bool), f"normalize must be true or false, got {self.normalize!r}")
         own = own_data_path(self.dataset) if isinstance(self.dataset, str) else None
         _check(self.dataset in DATASETS or bool(own), f"unknown dataset {self.dataset!r}; known: "
                f"{', '.join(DATASETS)}, or your own as \"npz:PATH\" or \"folder:PATH\"")
@@ -168,10 +173,17 @@ class ModelCfg:
 class TrainCfg:
     epochs: int = field(default=25, metadata={"help": "epochs; test predictions are saved after each"})
     batch_size: int = field(default=64, metadata={"help": "training images per step"})
-    optimizer: str = field(default="sgd", metadata={"help": "sgd (with momentum) or adam"})
-    lr: float = field(default=0.01, metadata={"help": "learning rate per step (not scaled with batch size)"})
-    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
+    optimizer: str = field(default="sgd", metadata={"help": "sgd (momentum 0: plain SGD) or adam"})
+    lr: float = field(default=0.01, metadata={
+        "help": "learning rate per step (not scaled with batch size); the schedule's starting value"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum (0: none); adam ignores it"})
+    nesterov: bool = field(default=False, metadata={"help": "SGD with Nesterov momentum (needs momentum > 0)"})
     weight_decay: float = field(default=0.0, metadata={"help": "L2 penalty"})
+    schedule: str = field(default="constant", metadata={
+        "help": "learning rate per epoch: constant; cosine (lr * (1 + cos(pi * (e - 1) / epochs)) / 2 in "
+                "epoch e, from 1); step (lr * gamma ** ((e - 1) // step_epochs))"})
+    step_epochs: int = field(default=10, metadata={"help": "step schedule only: epochs between decays"})
+    gamma: float = field(default=0.1, metadata={"help": "step schedule only: factor the lr is multiplied by"})
     seed: int = field(default=0, metadata={
         "help": "seeds initial weights (unless distilled from base-init) and data order; leave 0 in a study file: "
                 "its seeds set it"})
@@ -187,11 +199,124 @@ class TrainCfg:
         _check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         _check(_finite(self.lr) and self.lr > 0, f"lr must be a finite number > 0, got {self.lr}")
         _check(_finite(self.momentum) and 0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        _check(isinstance(self.nesterov, bool), f"nesterov must be true or false, got {self.nesterov!r}")
+        _check(not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0),
+               "nesterov needs optimizer sgd with momentum > 0")
+        _check(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        _check(_is_int(self.step_epochs) and 1 <= self.step_epochs <= MAX_EPOCHS,
+               f"step_epochs must be an integer in 1..{MAX_EPOCHS}, got {self.step_epochs!r}")
+        _check(_finite(self.gamma) and 0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma!r}")
+        # Off the step schedule they would change the run id and nothing else.
+        _check(self.schedule == "step" or (self.step_epochs, self.gamma) == (10, 0.1),
+               "step_epochs and gamma apply to schedule = step only")
         _check(_finite(self.weight_decay) and self.weight_decay >= 0,
                f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
         _check(_is_int(self.seed) and 0 <= self.seed <= MAX_SEED,
                f"seed must be an integer in 0..2**63-1, got {self.seed}")
         _check(self.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got {self.precision!r}")
+
+
+# Named training recipes: each fills every field of RECIPE_FIELDS (those it leaves out keep TrainCfg's
+# default). The paper names neither optimizer nor learning rate; these are the candidates a fit tries.
+RECIPE_FIELDS = ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule", "step_epochs", "gamma")
+RECIPES: dict[str, dict[str, Any]] = {
+    "sgd-momentum": {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9},  # TrainCfg's defaults
+    "sgd": {"optimizer": "sgd", "lr": 0.01, "momentum": 0.0},
+    "adam": {"optimizer": "adam", "lr": 0.001},  # Adam's own default lr
+    "sgd-cosine": {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "schedule": "cosine"},
+    # PyTorch's CIFAR-10 tutorial's optimizer (lr 0.001, momentum 0.9), the usual LeNet example
+    "sgd-tutorial": {"optimizer": "sgd", "lr": 0.001, "momentum": 0.9},
+}
+RECIPE_NOTES = {"sgd-momentum": "SGD lr 0.01 momentum 0.9 (the default)", "sgd": "SGD lr 0.01 no momentum",
+                "adam": "Adam lr 0.001", "sgd-cosine": "sgd-momentum with a cosine schedule",
+                "sgd-tutorial": "SGD lr 0.001 momentum 0.9"}
+
+
+def recipe_values(name: str) -> dict[str, Any]:
+    """Every field a named recipe sets, with its value.
+
+    Args:
+        name: one of :data:`RECIPES`.
+
+    Example:
+        >>> recipe_values("adam")["lr"], recipe_values("adam")["schedule"]
+        (0.001, 'constant')
+        >>> recipe_values("rmsprop")
+        Traceback (most recent call last):
+        funclens.errors.ConfigError: unknown recipe 'rmsprop'; known: sgd-momentum, sgd, adam, sgd-cosine, sgd-tutorial
+    """
+    _check(isinstance(name, str) and name in RECIPES,
+           f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainCfg)}
+    return {k: RECIPES[name].get(k, defaults[k]) for k in RECIPE_FIELDS}
+
+
+def recipe_train(name: str, **fields: Any) -> TrainCfg:
+    """The TrainCfg of a named recipe, with ``fields`` (epochs, or any recipe field) given beside it winning.
+
+    Args:
+        name: one of :data:`RECIPES`.
+        fields: other TrainCfg fields.
+
+    Example:
+        >>> t = recipe_train("sgd", epochs=3)
+        >>> t.momentum, t.epochs, describe_recipe(t)
+        (0.0, 3, 'sgd')
+    """
+    return TrainCfg(**{**recipe_values(name), **fields})
+
+
+def describe_recipe(train: TrainCfg) -> str:
+    """The recipe ``train`` follows, named by its values: a recipe's name when they match it, else the nearest
+    recipe (fewest fields differing) and what differs. The name is never stored, so it cannot disagree
+    with the values the run ids are made of.
+
+    Args:
+        train: a training config.
+
+    Example:
+        >>> describe_recipe(TrainCfg())
+        'sgd-momentum'
+        >>> describe_recipe(TrainCfg(optimizer="adam", lr=0.0005))
+        'adam with lr 0.0005'
+    """
+    def diff(name: str) -> list[str]:
+        return [f"{k} {_show(getattr(train, k))}" for k, v in recipe_values(name).items() if getattr(train, k) != v]
+
+    nearest = min(RECIPES, key=lambda n: len(diff(n)))  # min keeps the first of equals: RECIPES' order
+    return nearest + (" with " + ", ".join(diff(nearest)) if diff(nearest) else "")
+
+
+def lr_at(train: TrainCfg, epoch: int) -> float:
+    """The learning rate of epoch ``epoch`` (counted from 1) under ``train``'s schedule.
+
+    A function of the epoch alone, so a resumed run continues on the same schedule.
+
+    Args:
+        train: the recipe.
+        epoch: 1 to ``train.epochs``.
+
+    Example:
+        >>> t = TrainCfg(epochs=4, lr=0.1, schedule="cosine")
+        >>> [round(lr_at(t, e), 4) for e in range(1, 5)]
+        [0.1, 0.0854, 0.05, 0.0146]
+        >>> lr_at(TrainCfg(lr=0.1, schedule="step", step_epochs=2, gamma=0.5), 3)
+        0.05
+    """
+    if train.schedule == "cosine":
+        return train.lr * (1 + math.cos(math.pi * (epoch - 1) / train.epochs)) / 2
+    if train.schedule == "step":
+        return train.lr * train.gamma ** ((epoch - 1) // train.step_epochs)
+    return train.lr
+
+
+def _expand_recipe(table: Any, inherited: Any) -> Any:
+    """A study file's ``[train]`` table with its ``recipe`` replaced by the recipe's values: they override
+    what ``inherited`` (the preset's or the default's train table) holds, and the table's own fields win."""
+    if not isinstance(table, dict) or "recipe" not in table:
+        return table
+    own = {k: v for k, v in table.items() if k != "recipe"}
+    return {**(inherited if isinstance(inherited, dict) else {}), **recipe_values(table["recipe"]), **own}
 
 
 @dataclass(frozen=True)
@@ -236,10 +361,13 @@ class QuantCfg:
 class PruneCfg:
     amount: float = field(default=0.5, metadata={"help": "fraction of weights set to zero, in (0, 1)"})
     scope: str = field(default="layer", metadata={"help": "layer: that fraction of every layer; global: one threshold"})
+    last: bool = field(default=True, metadata={
+        "help": "prune the last Conv2d or Linear layer too (the classifier); false: leave it whole"})
 
     def __post_init__(self) -> None:
         _check(_finite(self.amount) and 0.0 < self.amount < 1.0, f"pruning amount must be in (0, 1), got {self.amount}")
         _check(self.scope in ("layer", "global"), f"pruning scope must be layer or global, got {self.scope!r}")
+        _check(isinstance(self.last, bool), f"pruning last must be true or false, got {self.last!r}")
 
 
 @dataclass(frozen=True)
@@ -529,6 +657,9 @@ class StudyCfg:
         "help": "post-hoc L1 pruning, each layer alone: fractions of weights set to zero, in (0, 1)"})
     prune_global: tuple[float, ...] = field(default=(), metadata={
         "help": "post-hoc L1 pruning with one threshold over all layers: fractions, in (0, 1)"})
+    prune_last: bool = field(default=True, metadata={
+        "help": "prune and prune_global reach the last layer (the classifier) too; false: they leave it whole. "
+                "Biases are never pruned"})
     prune_structured: tuple[float, ...] = field(default=(), metadata={
         "help": "Torch-Pruning structured L1 pruning (funclens[pruning]): fractions of every layer's channels "
                 "removed, in (0, 1)"})
@@ -570,6 +701,7 @@ class StudyCfg:
         for s in self.quantize:
             QuantCfg(scheme=s)
         _distinct(self.quantize, "quantize")
+        _check(isinstance(self.prune_last, bool), f"prune_last must be true or false, got {self.prune_last!r}")
         for a in self.prune:
             PruneCfg(amount=a)
         for a in self.prune_global:
@@ -647,9 +779,13 @@ def reference_markdown() -> str:
            "other keys change it |"]
     out = ["Top level (defaults are those of `StudyCfg`, or of the preset named):", "", *head, *top,
            *_reference_rows(StudyCfg)]
+    recipe = [f"| `recipe` | str | (none) | a named recipe that fills {', '.join(RECIPE_FIELDS)}; fields given "
+              "beside it in this table win. The runs record the values; the report names the recipe they match. "
+              + "; ".join(f"`{k}`: {v}" for k, v in RECIPE_NOTES.items()) + " |"]
     for f in dataclasses.fields(StudyCfg):
         if dataclasses.is_dataclass(f.default):
-            out += ["", f"`[{f.name}]`: {f.metadata['help']}", "", *head, *_reference_rows(type(f.default))]
+            out += ["", f"`[{f.name}]`: {f.metadata['help']}", "", *head, *(recipe if f.name == "train" else []),
+                    *_reference_rows(type(f.default))]
     out += ["", "`[[custom]]`: one table per compressor of your own (`custom` above)", "", *head,
             *_reference_rows(CustomCfg)]
     return "\n".join(out) + "\n"
@@ -697,6 +833,8 @@ def load_study_toml(path: Path) -> StudyCfg:
     _check(preset is None or isinstance(preset, str), f"preset: expected a string, got {preset!r}")
     base = preset_study(preset) if preset else StudyCfg()
     merged = to_dict(base)
+    if "train" in raw:
+        raw["train"] = _expand_recipe(raw["train"], merged.get("train"))
     for k, v in raw.items():
         if isinstance(v, dict) and isinstance(merged.get(k), dict):
             merged[k] = {**merged[k], **v}
@@ -770,8 +908,10 @@ def preset_changes(study: StudyCfg) -> list[str]:
     preset = next(p for p in (preset_study(name, a) for a in PRESET_ARCHS[name]) if p.name == study.name)
     was, now = (_flat_dict(to_dict(dataclasses.replace(s, data=dataclasses.replace(s.data, content=""))))
                 for s in (preset, study))
-    return [f"{k}: {_show(was.get(k))} -> {_show(now.get(k))}" for k in sorted(set(was) | set(now))
-            if was.get(k) != now.get(k)]
+    recipe = [f"train.recipe: {describe_recipe(preset.train)} -> {describe_recipe(study.train)}"]
+    return (recipe if describe_recipe(preset.train) != describe_recipe(study.train) else []) + [
+        f"{k}: {_show(was.get(k))} -> {_show(now.get(k))}" for k in sorted(set(was) | set(now))
+        if was.get(k) != now.get(k)]
 
 
 def _show(v: Any) -> str:

@@ -727,7 +727,7 @@ def _read_arrays(name: str, data_dir: Path | None, offline: bool, image_size: in
 
 def load_dataset(name: str, data_dir: Path | None = None, *, offline: bool = False, train_subset: int = 0,
                  test_subset: int = 0, allow_modified: bool = False, content: str = "",
-                 image_size: int = 0) -> Dataset:
+                 image_size: int = 0, normalize: bool = True) -> Dataset:
     """Load a data set into memory, downloading its canonical files first when missing and online.
 
     Every load checks a known set's files against their published md5s, or else its arrays against
@@ -748,11 +748,15 @@ def load_dataset(name: str, data_dir: Path | None = None, *, offline: bool = Fal
         content: the ``content_sha256`` the loaded set must have ("" : any); a set that matches it was
             accepted before, so the published checksums are not asked for again.
         image_size: ``folder:`` sets only: every image is resized to ``image_size`` x ``image_size``.
+        normalize: standardise each channel by the training set's mean and std; False: mean 0 and std 1
+            stand in for them, so every consumer of :meth:`Dataset.normalize` sees pixels / 255.
 
     Example:
         >>> ds = load_dataset("digits", test_subset=10)
         >>> len(ds.test_x), len(ds.content_sha256)
         (10, 64)
+        >>> load_dataset("digits", test_subset=10, normalize=False).std
+        (1.0,)
     """
     own = own_data_path(name) is not None
     arrays, md5s, classes = _read_arrays(name, data_dir, offline, image_size)
@@ -774,6 +778,8 @@ def load_dataset(name: str, data_dir: Path | None = None, *, offline: bool = Fal
         _check_known(name, md5s, arrays, allow_modified)
     train_x = torch.from_numpy(np.ascontiguousarray(trx))
     mean, std = _channel_stats(train_x)
+    if not normalize:
+        mean, std = (0.0,) * len(mean), (1.0,) * len(std)
     return Dataset(name, train_x, torch.from_numpy(np.ascontiguousarray(try_)),
                    torch.from_numpy(np.ascontiguousarray(tex)), torch.from_numpy(np.ascontiguousarray(tey)),
                    len(classes) if own else NUM_CLASSES[name], mean, std, got, classes)
@@ -797,7 +803,7 @@ def load_from_cfg(cfg: DataCfg, data_dir: Path | None = None, offline: bool = Fa
     """The data set ``cfg`` describes; with ``cfg.content`` set, it must hold exactly that content."""
     return load_dataset(cfg.dataset, data_dir, offline=offline, train_subset=cfg.train_subset,
                         test_subset=cfg.test_subset, allow_modified=cfg.allow_modified, content=cfg.content,
-                        image_size=cfg.image_size)
+                        image_size=cfg.image_size, normalize=cfg.normalize)
 
 
 def check_content(cfg: DataCfg, data: Dataset) -> Dataset:

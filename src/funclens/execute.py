@@ -85,7 +85,7 @@ def preload_dataset(cfg: DataCfg, ctx: RunContext) -> Dataset:
         10
     """
     # the content pin reuses the load
-    key = (cfg.dataset, cfg.train_subset, cfg.test_subset, cfg.image_size, ctx.data_dir)
+    key = (cfg.dataset, cfg.train_subset, cfg.test_subset, cfg.image_size, cfg.normalize, ctx.data_dir)
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()  # one data set at a time per process: CIFAR takes 180 MB
         _DATA_CACHE[key] = load_from_cfg(cfg, Path(ctx.data_dir) if ctx.data_dir else None, ctx.offline)

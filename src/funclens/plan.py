@@ -149,8 +149,9 @@ def plan(study: StudyCfg) -> list[PlannedRun]:
 def _posthoc(study: StudyCfg) -> list[tuple[str, CompressCfg, str, str, object]]:
     """Every post-hoc setting of ``study``: (run kind, config, role, setting, fine-tuning recipe or None)."""
     pruned: list[tuple[CompressCfg, str]] = (
-        [(PruneCfg(amount=a), _pct(a)) for a in study.prune]
-        + [(PruneCfg(amount=a, scope="global"), f"global {_pct(a)}") for a in study.prune_global]
+        [(PruneCfg(amount=a, last=study.prune_last), _pct(a)) for a in study.prune]
+        + [(PruneCfg(amount=a, scope="global", last=study.prune_last), f"global {_pct(a)}")
+           for a in study.prune_global]
         + [(StructuredPruneCfg(amount=a), f"channels {_pct(a)}") for a in study.prune_structured])
     out: list[tuple[str, CompressCfg, str, str, object]] = [
         ("quant", QuantCfg(scheme=q), "quantize", q, None) for q in study.quantize]

@@ -370,7 +370,8 @@ _SETUP_NAMES = {"data_content_sha256": "data content (sha256)", "batch_size": "b
                 "distill_seeds": "student seeds", "temperature": "distillation T", "distill_init": "student init",
                 "distill_control": "random control", "prune_global": "global pruning",
                 "funclens_versions": "funclens version of the runs", "git_commits": "git commit of the runs",
-                "changed_from_preset": "changed from the preset"}
+                "changed_from_preset": "changed from the preset", "recipe": "training recipe (by its values)",
+                "normalize": "input normalisation", "prune_last": "pruning reaches the last layer"}
 
 
 def setup_md(summary: dict) -> str:

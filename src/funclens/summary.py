@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from funclens import __version__, metrics
-from funclens.config import StudyCfg, from_dict, preset_changes, preset_of
+from funclens.config import StudyCfg, describe_recipe, from_dict, preset_changes, preset_of
 from funclens.plan import ROLES
 from funclens.rfd import (CI, INDEPENDENT_ABOVE, N_BOOT, PRESERVE_BELOW, SEED, independent_reference, rfd,
                           verdict)
@@ -270,6 +270,8 @@ def setup(sv: StudyView) -> dict:
         "train_subset": st.data.train_subset, "test_subset": st.data.test_subset, "arch": st.model.arch,
         "epochs": t.epochs, "batch_size": t.batch_size, "optimizer": t.optimizer, "lr": t.lr,
         "momentum": t.momentum, "weight_decay": t.weight_decay, "precision": t.precision, "seeds": list(st.seeds),
+        "recipe": describe_recipe(t), "schedule": t.schedule, "normalize": st.data.normalize,
+        "prune_last": st.prune_last,
         "distill_alphas": list(g.alphas), "distill_seeds": list(g.seeds), "temperature": g.temperature,
         "distill_init": g.init, "distill_control": g.control, "quantize": list(st.quantize),
         "prune": list(st.prune), "prune_global": list(st.prune_global),

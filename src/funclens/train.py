@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from funclens.config import RunSpec
+from funclens.config import RunSpec, lr_at
 from funclens.data import Dataset
 from funclens.models import create_model
 
@@ -249,7 +249,7 @@ def _build(spec: RunSpec, data: Dataset, device: torch.device, init_state: dict 
         model.to(memory_format=torch.channels_last)
     if cfg.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                                     weight_decay=cfg.weight_decay)
+                                                     weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     else:
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # The data order has its own generator, so model code that draws random numbers cannot shift it.
@@ -278,6 +278,9 @@ def _train_epoch(spec: RunSpec, data: Dataset, model: nn.Module, opt: torch.opti
     steps = (n + cfg.batch_size - 1) // cfg.batch_size
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     model.train()
+    if cfg.schedule != "constant":
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, epoch)
     order = torch.randperm(n, generator=gen).to(device)
     loss_sum = torch.zeros((), device=device)
     for step in range(steps):

@@ -5,6 +5,8 @@ Scope ``layer`` removes ``amount`` of each layer's weights with
 ``global`` uses ``prune.global_unstructured`` with ``L1Unstructured``: one |w| threshold over all layers
 together, so layers prune unequally. ``prune.remove`` then makes it permanent: the zeros sit in
 ``weight`` and no ``weight_orig`` / ``weight_mask`` is left in the state_dict. Biases are not pruned.
+With ``last=False`` the last of those layers (the classifier) is left whole, and a global threshold is
+drawn over the others only.
 
 Example:
     >>> from funclens.models import create_model
@@ -22,6 +24,7 @@ import torch.nn.utils.prune as tprune
 
 from funclens.compress import CompressInfo, register, tensor_bytes, weight_layers
 from funclens.config import PruneCfg
+from funclens.errors import ConfigError
 
 
 def prune_l1_(model: nn.Module, cfg: PruneCfg) -> dict[str, float]:
@@ -38,8 +41,10 @@ def prune_l1_(model: nn.Module, cfg: PruneCfg) -> dict[str, float]:
         >>> m = nn.Sequential(nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 2))
         >>> prune_l1_(m, PruneCfg(0.5))
         {'0': 0.5, '2': 0.5}
+        >>> prune_l1_(nn.Sequential(nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 2)), PruneCfg(0.5, last=False))
+        {'0': 0.5}
     """
-    layers = weight_layers(model)
+    layers = _pruned_layers(model, cfg)
     # remember the parameter order: prune.remove re-registers `weight` after `bias`, and a state_dict
     # in the parent's key order diffs and loads like the parent's
     orders = {name: list(layer._parameters) for name, layer in layers}
@@ -54,6 +59,14 @@ def prune_l1_(model: nn.Module, cfg: PruneCfg) -> dict[str, float]:
         for key in orders[name]:
             layer._parameters[key] = layer._parameters.pop(key)
     return {name: float((layer.weight == 0).float().mean()) for name, layer in layers}
+
+
+def _pruned_layers(model: nn.Module, cfg: PruneCfg) -> list[tuple[str, nn.Module]]:
+    """The Conv2d and Linear layers ``cfg`` prunes: all, or all but the last one (in module order)."""
+    layers = weight_layers(model)
+    if not cfg.last and len(layers) < 2:
+        raise ConfigError("pruning with the last layer kept needs a model of two or more Conv2d/Linear layers")
+    return layers if cfg.last else layers[:-1]
 
 
 def csr_bytes(w: torch.Tensor) -> int:
@@ -79,7 +92,7 @@ def _setting(cfg: PruneCfg) -> str:
 def _prune(model: nn.Module, cfg: PruneCfg,
            calibration: torch.Tensor | None = None) -> tuple[nn.Module, CompressInfo]:
     """The :func:`funclens.compress.compress` method for :class:`PruneCfg` (``model`` is a private copy)."""
-    layers = weight_layers(model)
+    layers = _pruned_layers(model, cfg)
     by_layer = prune_l1_(model, cfg)
     zeros = sum(int((layer.weight == 0).sum()) for _, layer in layers)
     total = sum(layer.weight.numel() for _, layer in layers)

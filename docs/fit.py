@@ -1,0 +1,276 @@
+"""Fit search: which training recipe and pruning scope bring LeNet's post-hoc cells closest to the paper's.
+
+The paper (seed/functional-perspective-paper.md) names neither its optimizer, its learning rate nor what
+"pruning 10%...90% of the original network" means exactly. This script tries candidates, cheap first: for each
+data set, recipe and input normalisation it trains one base (seed 0, as a study trains its base: the same
+``funclens.train.train``), then applies every post-hoc setting of the paper's grid with the same
+``funclens.compress.compress`` a study calls (16-bit, 8-bit; L1 pruning of 10-90% under each pruning scope:
+per layer or one global threshold, each with and without the last layer; biases are never pruned), and
+scores each candidate (recipe x normalisation x scope) against every post-hoc cell of the paper's LeNet rows
+of Tables 1 (MNIST) and 2 (CIFAR-10). The students' cells (alpha = 0.1, 0.5, 0.9) need three distilled
+models per alpha and are left to the best few candidates: they are in PAPER_STUDENTS, not in the score.
+
+Score: the number of cells whose accuracy deviation (relative, in %, as in the paper) lies within
+``--tolerance`` percentage points of the paper's (default 2), and the mean absolute difference over the cells
+(in points). Candidates are ranked by the first (more is better), then the second (less is better).
+
+Usage (from the repository root; the full search, about an hour of both cores):
+    PYTHONPATH=src .venv/bin/python docs/fit.py --data-dir ../shared/data --normalize on off --jobs 2 \\
+        --out docs/fit-results.md
+
+On a subset, in seconds:
+    PYTHONPATH=src .venv/bin/python docs/fit.py --data-dir ../shared/data --datasets mnist --epochs 1 \\
+        --train-subset 2000 --test-subset 1000 --recipes sgd adam --out /tmp/fit.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import multiprocessing
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from funclens import __version__
+from funclens.compress import compress
+from funclens.config import RECIPES, DataCfg, ModelCfg, PruneCfg, QuantCfg, RunSpec, recipe_train
+from funclens.data import load_dataset
+from funclens.errors import ConfigError, FunclensError
+from funclens.models import create_model
+from funclens.train import evaluate, train
+
+# The paper's LeNet rows: relative accuracy deviation in %, copied from seed/functional-perspective-paper.md
+# (Table 1: "Percentage deviation of base model test accuracy 99.15% on MNIST", row LeNet; Table 2:
+# "Percentage deviation of base model test accuracy on CIFAR10", row LeNet, base accuracy 63.38% from
+# section 4.2). "base" is the base model's test accuracy in %, shown beside the score, not part of it.
+PAPER = {
+    "mnist": {"table": "Table 1, row LeNet", "base": 99.15,
+              "cells": {"16-bit": -0.07, "8-bit": -0.05, "10%": -0.07, "30%": -0.08, "50%": -0.01,
+                        "70%": -1.04, "90%": -22.55}},
+    "cifar10": {"table": "Table 2, row LeNet", "base": 63.38,
+                "cells": {"16-bit": -0.62, "8-bit": -0.33, "10%": -0.25, "30%": -0.60, "50%": -2.95,
+                          "70%": -14.56, "90%": -78.466}},
+}
+# The same rows' self-distillation cells (mean over 3 student seeds, then the std): not scored here.
+PAPER_STUDENTS = {
+    "mnist": {"alpha=0.1": (-0.178, 0.057), "alpha=0.5": (-0.124, 0.042), "alpha=0.9": (-0.215, 0.076)},
+    "cifar10": {"alpha=0.1": (8.74, 0.65), "alpha=0.5": (8.93, 0.45), "alpha=0.9": (8.57, 0.72)},
+}
+QUANT = ("16-bit", "8-bit")
+AMOUNTS = (0.1, 0.3, 0.5, 0.7, 0.9)
+# (scope, last layer pruned too): the readings of "pruning 10%...90% of the original network" tried
+SCOPES = (("layer", True), ("layer", False), ("global", True), ("global", False))
+TOLERANCE = 2.0  # percentage points of relative accuracy deviation
+NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
+
+
+def deviation(acc: float, base_acc: float) -> float:
+    """The paper's accuracy deviation: ``100 * (acc - base_acc) / base_acc``, in %.
+
+    Args:
+        acc: the compressed model's accuracy (a fraction).
+        base_acc: the base's accuracy (a fraction).
+
+    Example:
+        >>> round(deviation(0.136, 0.632), 1)
+        -78.5
+    """
+    return 100.0 * (acc - base_acc) / base_acc
+
+
+def score(ours: dict[str, float], paper: dict[str, float], tolerance: float = TOLERANCE) -> tuple[int, int, float]:
+    """How well measured cells fit the paper's: (cells within ``tolerance`` points, cells compared, mean
+    absolute difference in points), over every cell of ``paper``.
+
+    Args:
+        ours: setting -> measured accuracy deviation in %; must hold every setting of ``paper``.
+        paper: setting -> the paper's accuracy deviation in %.
+        tolerance: the largest absolute difference, in percentage points, that counts as a fit.
+
+    Example:
+        >>> score(PAPER["mnist"]["cells"], PAPER["mnist"]["cells"])
+        (7, 7, 0.0)
+        >>> score({"50%": -5.0, "90%": -20.0}, {"50%": -2.0, "90%": -21.0})
+        (1, 2, 2.0)
+    """
+    missing = sorted(set(paper) - set(ours))
+    if missing:
+        raise ValueError(f"no measured value for {', '.join(missing)}")
+    diffs = [abs(ours[k] - v) for k, v in paper.items()]
+    # the boundary counts as within: -14.56 - 3 is 3.0000000000000018 away from -14.56 in floats
+    return sum(round(d, 9) <= tolerance for d in diffs), len(diffs), sum(diffs) / len(diffs)
+
+
+def measure(dataset: str, recipe: str, normalize: bool, args: argparse.Namespace) -> dict:
+    """Train one base and measure every post-hoc cell of it under every scope.
+
+    Returns:
+        ``{"base": accuracy in %, "quant": {setting: deviation}, "prune": {(scope, last): {setting: deviation}}}``.
+    """
+    torch.set_num_threads(1)  # as a study's runs: one thread each, so --jobs never changes a number
+    data = load_dataset(dataset, Path(args.data_dir) if args.data_dir else None, offline=True,
+                        train_subset=args.train_subset, test_subset=args.test_subset, normalize=normalize)
+    spec = RunSpec("train", DataCfg(dataset, args.train_subset, args.test_subset, normalize=normalize),
+                   ModelCfg("lenet"), recipe_train(recipe, epochs=args.epochs))
+    trained, _ = train(spec, data)
+    # As a study compresses its base: its state_dict loaded into a freshly built model, which is never
+    # evaluated itself (evaluation turns a model channels-last, a layout torch's L1 pruning cannot view).
+    model = create_model("lenet", in_shape=data.in_shape, num_classes=data.num_classes)
+    model.load_state_dict(trained.state_dict())
+    base = evaluate(trained, data)[1]["test_acc"]
+
+    def dev(cfg: QuantCfg | PruneCfg) -> float:
+        return deviation(evaluate(compress(model, cfg)[0], data)[1]["test_acc"], base)
+
+    return {"base": 100 * base, "quant": {q: dev(QuantCfg(q)) for q in QUANT},
+            "prune": {(scope, last): {f"{round(a * 100)}%": dev(PruneCfg(a, scope, last)) for a in AMOUNTS}
+                      for scope, last in SCOPES}}
+
+
+def candidates(measured: dict[tuple[str, str, bool], dict], datasets: list[str],
+               tolerance: float) -> list[dict]:
+    """One row per recipe x normalisation x pruning scope, scored over the cells of ``datasets``, best first.
+
+    Args:
+        measured: (dataset, recipe, normalize) -> what :func:`measure` returned.
+        datasets: the data sets whose cells are scored.
+        tolerance: see :func:`score`.
+
+    Example:
+        >>> cells = {"16-bit": -0.07, "8-bit": -0.05}
+        >>> m = {"base": 99.0, "quant": cells, "prune": {s: {"10%": -0.07, "30%": -0.08, "50%": -0.01,
+        ...      "70%": -1.04, "90%": -22.55 - 10 * (s[0] == "global")} for s in SCOPES}}
+        >>> rows = candidates({("mnist", "sgd", True): m}, ["mnist"], 2.0)
+        >>> [(r["scope"], r["last"], r["within"], r["cells"], round(r["mad"], 3)) for r in rows[:3]]
+        [('layer', True, 7, 7, 0.0), ('layer', False, 7, 7, 0.0), ('global', True, 6, 7, 1.429)]
+    """
+    rows = []
+    for recipe, normalize in dict.fromkeys((r, n) for (_, r, n) in measured):
+        for scope, last in SCOPES:
+            row = {"recipe": recipe, "normalize": normalize, "scope": scope, "last": last, "within": 0,
+                   "cells": 0, "abs_sum": 0.0, "base": {}, "values": {}}
+            for ds in datasets:
+                m = measured[(ds, recipe, normalize)]
+                ours = {**m["quant"], **m["prune"][(scope, last)]}
+                within, n, mad = score(ours, PAPER[ds]["cells"], tolerance)
+                row["within"] += within
+                row["cells"] += n
+                row["abs_sum"] += mad * n
+                row["base"][ds], row["values"][ds] = m["base"], ours
+            row["mad"] = row["abs_sum"] / row["cells"]
+            rows.append(row)
+    return sorted(rows, key=lambda r: (-r["within"], r["mad"]))
+
+
+def _label(r: dict) -> str:
+    return (f"{r['recipe']}, normalisation {'on' if r['normalize'] else 'off'}, {r['scope']}, "
+            f"last layer {'pruned' if r['last'] else 'kept'}")
+
+
+def _commit() -> str:
+    """The commit of the code that ran, marked when the work tree differs from it."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + (" with uncommitted changes" if dirty else "")
+
+
+def markdown(rows: list[dict], datasets: list[str], args: argparse.Namespace, command: str) -> str:
+    """The candidates and their scores, then every candidate's cells beside the paper's, in Markdown.
+
+    Args:
+        rows: from :func:`candidates`, best first.
+        datasets: the data sets scored.
+        args: the parsed options (epochs, subsets, tolerance).
+        command: the command line that ran.
+    """
+    subset = lambda n: "all" if n == 0 else f"the first {n:,}"  # noqa: E731
+    settings = list(PAPER[datasets[0]]["cells"])
+    out = ["# Fit search: training recipe x pruning scope against the paper's LeNet cells", "",
+           f"Command: `{command}`  ", f"Commit: {_commit()}; funclens {__version__}, torch {torch.__version__}.  ",
+           f"Bases: LeNet, seed 0, {args.epochs} epoch{'s' * (args.epochs != 1)}, batch 64; "
+           f"training images: {subset(args.train_subset)}; test images: {subset(args.test_subset)}.  ",
+           "Scored cells: " + "; ".join(f"{NAMES[d]}: {PAPER[d]['table']}, {', '.join(settings)}" for d in datasets)
+           + ". The students' cells (alpha) are not scored: they need distilled models, trained for the best few.  ",
+           f"Score: cells within {args.tolerance:g} percentage points of the paper's accuracy deviation (relative, "
+           "in %), then the mean absolute difference in points; biases are never pruned.", "",
+           "| rank | recipe | input normalisation | pruning scope | last layer | "
+           + " | ".join(f"{NAMES[d]} base % (paper {PAPER[d]['base']:.2f})" for d in datasets)
+           + f" | cells within {args.tolerance:g} pts | mean abs. diff. (pts) |",
+           "|---" * (7 + len(datasets)) + "|"]
+    for i, r in enumerate(rows, 1):
+        out.append(f"| {i} | {r['recipe']} | {'on' if r['normalize'] else 'off'} | {r['scope']} | "
+                   f"{'pruned' if r['last'] else 'kept'} | "
+                   + " | ".join(f"{r['base'][d]:.2f}" for d in datasets)
+                   + f" | {r['within']}/{r['cells']} | {r['mad']:.2f} |")
+    out += ["", "## Cells: accuracy deviation in %", "", "| candidate | data | " + " | ".join(settings) + " |",
+            "|---|---|" + "---|" * len(settings)]
+    for d in datasets:
+        out.append(f"| paper ({PAPER[d]['table']}) | {NAMES[d]} | "
+                   + " | ".join(f"{PAPER[d]['cells'][s]:g}" for s in settings) + " |")
+        out += [f"| {i}: {_label(r)} | {NAMES[d]} | " + " | ".join(f"{r['values'][d][s]:.2f}" for s in settings)
+                + " |" for i, r in enumerate(rows, 1)]
+    return "\n".join(out) + "\n"
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--datasets", nargs="+", default=list(PAPER), help="of: " + ", ".join(PAPER))
+    p.add_argument("--recipes", nargs="+", default=list(RECIPES), help="of: " + ", ".join(RECIPES))
+    p.add_argument("--normalize", nargs="+", default=["on"], help="input normalisation to try: on, off or both")
+    p.add_argument("--epochs", type=int, default=25, help="epochs of every base (the paper: 25)")
+    p.add_argument("--train-subset", type=int, default=0, help="the first N training images (0: all)")
+    p.add_argument("--test-subset", type=int, default=0, help="the first N test images (0: all)")
+    p.add_argument("--tolerance", type=float, default=TOLERANCE, help="points of accuracy deviation that fit")
+    p.add_argument("--data-dir", default=None, help="where mnist/ and cifar-10-batches-py/ are")
+    p.add_argument("--jobs", type=int, default=1, help="bases trained at once, one thread each")
+    p.add_argument("--out", default=None, help="also write the Markdown here")
+    args = p.parse_args(argv)
+    for what, values, known in (("dataset", args.datasets, PAPER), ("recipe", args.recipes, RECIPES),
+                                ("normalize", args.normalize, ("on", "off"))):
+        bad = [v for v in values if v not in known]
+        if bad or len(set(values)) != len(values):
+            raise ConfigError(f"--{what}s: unknown or repeated {', '.join(bad or values)}; known: {', '.join(known)}")
+    if not (1 <= args.epochs <= 10_000 and args.train_subset >= 0 and args.test_subset >= 0 and args.jobs >= 1
+            and args.tolerance >= 0):
+        raise ConfigError("--epochs must be in 1..10000, --jobs at least 1, subsets and --tolerance at least 0")
+    return args
+
+
+def run(args: argparse.Namespace, command: str) -> str:
+    """Measure every base the options name (``--jobs`` at once), score the candidates; returns the Markdown."""
+    keys = [(d, r, n == "on") for d in args.datasets for r in args.recipes for n in args.normalize]
+    if args.jobs == 1:
+        measured = {k: measure(*k, args) for k in keys}
+    else:
+        # fork: the workers inherit the imported modules and sys.path; each trains one base at a time
+        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork")) as ex:
+            futures = {k: ex.submit(measure, *k, args) for k in keys}
+            measured = {k: f.result() for k, f in futures.items()}
+    return markdown(candidates(measured, args.datasets, args.tolerance), args.datasets, args, command)
+
+
+def main(argv: list[str]) -> int:
+    try:
+        args = parse(argv)
+        text = run(args, shlex.join(["docs/fit.py", *argv]))
+        if args.out:
+            Path(args.out).write_text(text)
+    except FunclensError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
