@@ -281,3 +281,11 @@ def test_big_models_compress_and_run(arch: str) -> None:
             y = out.eval()(x)
         assert y.shape == (2, 10) and torch.isfinite(y).all()
     assert info.sparsity == pytest.approx(0.5, abs=1e-3)
+
+
+def test_a_model_left_channels_last_by_training_or_inference_compresses_as_any_other():
+    m = create_model("lenet", in_shape=(1, 28, 28), num_classes=10)
+    want = compress(m, PruneCfg(0.5))[0].state_dict()
+    m.to(memory_format=torch.channels_last)   # what train(), infer() and evaluate() leave behind
+    got = compress(m, PruneCfg(0.5))[0].state_dict()
+    assert all(torch.equal(want[k], got[k]) for k in want)

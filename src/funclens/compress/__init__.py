@@ -171,7 +171,9 @@ def compress(model: nn.Module, cfg: CompressCfg,
         raise ConfigError(f"{type(model).__name__} has no Conv2d or Linear layer to compress")
     fp32 = tensor_bytes(model)
     # detach from the caller completely: no shared storage, so in-place edits can't leak back
-    work = copy.deepcopy(model).float().cpu()
+    # and in the standard layout: a model that trained or inferred channels-last holds 4-D weights whose
+    # strides torch's L1 pruning cannot take
+    work = copy.deepcopy(model).float().cpu().to(memory_format=torch.contiguous_format)
     out, info = method(work, cfg, calibration)
     return out, dataclasses.replace(info, layers_total=len(layers), fp32_bytes=fp32)
 
