@@ -47,9 +47,11 @@ def digits_arrays() -> dict[str, np.ndarray]:
 
 @pytest.fixture
 def own(tmp_path: Path) -> Path:
-    """A folder with a factory module (mods/mynets.py), digits as digits.npz, and the study file."""
+    """A folder with a factory module (mods/mynets.py), a compressor (mods/mycompress.py), digits as digits.npz,
+    and the study file."""
     (tmp_path / "mods").mkdir()
     (tmp_path / "mods" / "mynets.py").write_text(FACTORIES)
+    shutil.copy(EXAMPLES / "mycompress.py", tmp_path / "mods" / "mycompress.py")
     np.savez(tmp_path / "digits.npz", **digits_arrays())
     (tmp_path / "own.toml").write_text(OWN_STUDY)
     return tmp_path
@@ -70,9 +72,17 @@ def test_study_of_a_factory_from_outside_on_an_npz_data_set_has_every_row(own):
     assert (s["arch"], s["dataset"], s["num_test"], s["num_classes"]) == ("mynets:small_cnn", "npz:digits.npz", 360, 10)
     got = {(row["method"], row["setting"]): row["verdict"] for row in s["rows"]}
     assert set(got) == {("independent", "seed=1"), ("distill", "alpha=0.5"), ("distill", "control alpha=0.5"),
-                        ("quantize", "8-bit"), ("prune", "50%")}
+                        ("quantize", "8-bit"), ("prune", "50%"), ("quantize", "torchao int8-weight-only"),
+                        ("quantize", "PT2E int8"), ("custom", "cluster16")}
     assert got[("independent", "seed=1")] == "yardstick"   # the yardstick gets no verdict of its own
     assert {v for k, v in got.items() if k[0] != "independent"} <= {"preserves", "partial", "independent-like"}
+    rows = {row["setting"]: row for row in s["rows"]}
+    # PT2E ran int8 kernels and timed them beside fp32, in the same run; the libraries say their versions
+    assert rows["PT2E int8"]["latency_ms"] > 0 and rows["PT2E int8"]["fp32_latency_ms"] > 0
+    assert rows["PT2E int8"]["library"].startswith("torchao ")
+    assert rows["torchao int8-weight-only"]["library"].startswith("torchao ")
+    # weight sharing with bias correction moves the function a little, not like another training run
+    assert 0 < rows["cluster16"]["disagreement"] < got_disagreement(s, "seed=1")
     # The runs are named by the data's content, which is that of the built-in digits set it was made from.
     rec = json.loads((own / "out" / "study.json").read_text())
     assert rec["study"]["data"]["content"] == load_dataset("digits").content_sha256
@@ -81,6 +91,10 @@ def test_study_of_a_factory_from_outside_on_an_npz_data_set_has_every_row(own):
     r = cli(own, "report", "out", pythonpath=False)
     assert r.returncode == 0, r.stderr
     assert (own / "out" / "figures" / "landscape.png").is_file()
+
+
+def got_disagreement(summary: dict, setting: str) -> float:
+    return next(r["disagreement"] for r in summary["rows"] if r["setting"] == setting)
 
 
 def test_the_arch_string_and_the_data_content_name_the_runs(own):

@@ -99,7 +99,7 @@ def test_parameter_counts_are_what_the_command_prints():
         assert cells == counts, (arch, cells, counts)
 
 
-@pytest.mark.parametrize("name", ["mynets.py", "study.toml", "compare_models.py"])
+@pytest.mark.parametrize("name", ["mynets.py", "mycompress.py", "study.toml", "compare_models.py"])
 def test_bring_your_own_examples_are_the_files_the_suite_runs(name):
     # tests/test_own.py runs examples/own/ as they are: the README shows exactly those files
     assert (REPO / "examples" / "own" / name).read_text() in section("Bring your own: models, data, checkpoints, a pipeline of your own")
