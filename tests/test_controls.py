@@ -27,22 +27,24 @@ from funclens.train import kd_loss, train
 
 DIGITS = DataCfg("digits")
 RECIPE = TrainCfg(epochs=2, lr=0.02)
+SHORT = (DataCfg("digits", train_subset=600), TrainCfg(epochs=2, lr=0.02))  # runs that need not learn much
 
 
 def test_the_alpha_0_loss_is_cross_entropy_and_needs_no_teacher():
     logits, labels = torch.randn(16, 10), torch.randint(0, 10, (16,))
     assert torch.equal(kd_loss(logits, torch.full((16, 10), float("nan")), labels, 0.0, 3.0),
                        F.cross_entropy(logits, labels))
-    ds = load_dataset("digits")
+    ds = load_dataset("digits", train_subset=600)
     init = create_model("lenet", in_shape=ds.in_shape, num_classes=10).state_dict()
-    control = RunSpec("train", DIGITS, ModelCfg("lenet"), dataclasses.replace(RECIPE, seed=24),
+    control = RunSpec("train", SHORT[0], ModelCfg("lenet"), dataclasses.replace(SHORT[1], seed=24),
                       DistillCfg(teacher="train_000000000000", alpha=0.0, init="base-init"))
     plain = dataclasses.replace(control, distill=None)
     # no teacher logits at all, and the same training as plain cross-entropy from the same start and seed
     _, h_control = train(control, ds, init_state=init, teacher_logits=None)
     _, h_plain = train(plain, ds, init_state=init)
     assert [h["train_loss"] for h in h_control] == [h["train_loss"] for h in h_plain]
-    assert h_control[-1]["test_acc"] == h_plain[-1]["test_acc"] > 0.5
+    assert h_control[-1]["test_acc"] == h_plain[-1]["test_acc"]
+    assert h_control[-1]["train_loss"] < h_control[0]["train_loss"]   # it learns from the labels
 
 
 def test_the_paper_presets_plan_the_no_teacher_control_from_the_base_init_with_the_students_seeds():
@@ -77,11 +79,11 @@ def test_a_given_base_has_no_initial_weights_so_no_no_teacher_control():
 
 def test_the_no_teacher_control_never_loads_the_base_model_only_its_initial_weights(tmp_path):
     ctx = RunContext(out=str(tmp_path))
-    base = RunSpec("train", DIGITS, ModelCfg("lenet"), RECIPE)
+    base = RunSpec("train", SHORT[0], ModelCfg("lenet"), SHORT[1])
     execute_run(base, ctx)
     store = Store(tmp_path)
     os.remove(paths.model_file(store.run_dir(base.run_id)))   # a teacher would have to read it
-    control = RunSpec("train", DIGITS, ModelCfg("lenet"), dataclasses.replace(RECIPE, seed=2),
+    control = RunSpec("train", SHORT[0], ModelCfg("lenet"), dataclasses.replace(SHORT[1], seed=2),
                       DistillCfg(teacher=base.run_id, alpha=0.0, init="base-init"))
     execute_run(control, ctx)
     assert store.is_done(control.run_id)
