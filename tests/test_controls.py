@@ -190,3 +190,23 @@ def test_a_study_reports_the_no_teacher_control_and_the_noise_floor(controls_stu
     assert "Start or teacher (alpha=0.5): the no-teacher control, from the same initial weights" in md
     assert "noise floor 1x (Gaussian weight noise, 1x the 8-bit error)" in md
     assert "| no-teacher control | True |" in md and "| noise floor (x 8-bit error) | 1.0, 8.0 |" in md
+
+
+def test_the_report_splits_start_from_teacher_and_says_when_a_given_base_has_no_control():
+    from funclens.report import verdict_sentences
+
+    def row(role, setting, rfd, ci):
+        return {"method": "distill", "role": role, "setting": setting, "runs": ["train_x"], "accuracy": 0.9,
+                "accuracy_deviation_pct": 0.1, "accuracy_deviation_std": 0.2, "disagreement": 0.05, "js": 0.01,
+                "rfd": rfd, "rfd_ci": ci, "rfd_ci_yardstick": ci, "p_closer": 0.001, "verdict": "preserves",
+                "caveats": []}
+
+    summary = {"metric": "disagreement", "num_test": 360, "reference": {"pairs": 2},
+               "setup": {"distill_no_teacher": True, "distill_seeds": [2, 24, 42]},
+               "rows": [row("student", "alpha=0.5", 0.2, [0.15, 0.25]), row("start", NO_TEACHER, 0.35, [0.3, 0.4])]}
+    split = verdict_sentences(summary)[-1]
+    assert split.startswith("Start or teacher (alpha=0.5)")
+    assert "The start alone accounts for RFD 0.35; the teacher moves the students 0.15 nearer to the base" in split
+    given = dict(summary, rows=summary["rows"][:1])
+    assert verdict_sentences(given)[-1] == "No no-teacher control: a given base has no initial weights to start it from."
+    assert "No no-teacher control" not in " ".join(verdict_sentences(dict(given, setup={"distill_no_teacher": False})))

@@ -123,7 +123,7 @@ def write_tables(out: Path, summaries: list[dict]) -> tuple[str, str]:
 # ---------------------------------------------------------------- figures
 
 def _final_label(r: RunView) -> str:
-    return r.setting if r.role not in ("student", "control") else f"{r.setting} s{r.seed}"
+    return r.setting if r.role not in ("student", "control", "start") else f"{r.setting} s{r.seed}"
 
 
 def _landscape_points(sv: StudyView) -> tuple[list[np.ndarray], list[dict]]:
@@ -298,11 +298,14 @@ def _control_sentence(summary: dict) -> list[str]:
 def _start_sentence(summary: dict) -> list[str]:
     """What the start gives and what the teacher adds: the base-init students beside the no-teacher control."""
     rows = summary["rows"]
-    start = next((r for r in rows if r.get("role") == "start" and r["rfd"] is not None), None)
+    start = next((r for r in rows if r.get("role") == "start"), None)
     setup = summary.get("setup", {})
     if start is None:
-        ran = setup.get("distill_no_teacher") and setup.get("distill_seeds")
-        return ["No no-teacher control: a given base has no initial weights to start it from."] if ran else []
+        # asked for, yet not planned: the base was given as a checkpoint, without the weights it started from
+        asked = setup.get("distill_no_teacher") and setup.get("distill_seeds")
+        return ["No no-teacher control: a given base has no initial weights to start it from."] if asked else []
+    if start["rfd"] is None:
+        return []
     out = []
     for r in rows:
         if r.get("role") == "student" and r["rfd"] is not None:
