@@ -98,3 +98,14 @@ def test_a_digits_study_reports_both_intervals_and_says_the_yardstick_is_rough(t
     assert "with 2 independent models the yardstick's spread is rough" in md
     csv_head = paths.distance_table(tmp_path / "out", "csv").read_text().splitlines()[0].split(",")
     assert csv_head[16:19] == ["rfd_hier", "rfd_hier_lo", "rfd_hier_hi"]
+
+
+def test_the_rows_models_and_the_independents_are_drawn_apart_even_when_as_many():
+    rng = np.random.default_rng(3)
+    base = rng.dirichlet(np.ones(5) * 0.3, 2000)
+    students = [_noisy_copy(base, m, rng) for m in (0.1, 0.3)]
+    indeps = [_noisy_copy(base, m, rng) for m in (0.4, 0.9)]
+    # drawn together, each replicate would pair a near student with a near independent (RFD 0.25 to 0.33);
+    # drawn apart, the near student over the far yardstick and the far student over the near one both occur
+    lo, hi = rfd_hierarchical(base, students, indeps)
+    assert lo < 0.2 and hi > 0.6

@@ -191,15 +191,21 @@ def rfd(base: np.ndarray, models: Preds, independents: Preds, *, metric: str = "
     return RFD(value, interval, p, "undetermined" if reason else verdict(interval), dist, ref, int(n_boot), reason)
 
 
-def _model_draws(seed: int, n_boot: int, k: int) -> np.ndarray:
+# Streams of model draws, apart from the inputs' generator and from each other: a row's models and the
+# independent models are drawn independently even when they are as many.
+_ROW_MODELS, _INDEPENDENTS, _MEMBERS = 1, 2, 3
+
+
+def _model_draws(seed: int, stream: int, n_boot: int, k: int) -> np.ndarray:
     """``[n_boot, k]`` indices of k models drawn with replacement, from their own generator: the inputs each
     replicate resamples stay those of :func:`rfd`'s interval, and rows with as many models draw alike."""
-    return np.random.default_rng([seed, k]).integers(0, k, size=(n_boot, k))
+    return np.random.default_rng([seed, stream, k]).integers(0, k, size=(n_boot, k))
 
 
-def _resampled_mean(boot: np.ndarray, seed: int) -> np.ndarray:
+def _resampled_mean(boot: np.ndarray, seed: int, stream: int) -> np.ndarray:
     """Per replicate, the mean over k models drawn with replacement of their bootstrapped distances ``[B, k]``."""
-    return np.take_along_axis(boot, _model_draws(seed, len(boot), boot.shape[1]), axis=1).mean(axis=1)
+    draws = _model_draws(seed, stream, len(boot), boot.shape[1])
+    return np.take_along_axis(boot, draws, axis=1).mean(axis=1)
 
 
 def rfd_hierarchical(base: np.ndarray, models: Preds, independents: Preds, *, metric: str = "disagreement",
@@ -238,7 +244,8 @@ def rfd_hierarchical(base: np.ndarray, models: Preds, independents: Preds, *, me
     terms = np.stack([_terms(base, m, metric) for m in ms] + [_terms(base, i, metric) for i in inds])
     boot = _finish(metric, _boot_means(terms, int(n_boot), seed))
     k = len(ms)
-    return _percentile_ci(_ratio(_resampled_mean(boot[:, :k], seed), _resampled_mean(boot[:, k:], seed)), ci)
+    return _percentile_ci(_ratio(_resampled_mean(boot[:, :k], seed, _ROW_MODELS),
+                                 _resampled_mean(boot[:, k:], seed, _INDEPENDENTS)), ci)
 
 
 def population_rfd_hierarchical(members: Sequence[tuple[np.ndarray, np.ndarray, Sequence[np.ndarray]]], *,
@@ -279,7 +286,7 @@ def population_rfd_hierarchical(members: Sequence[tuple[np.ndarray, np.ndarray, 
         boot = _finish(metric, _boot_means(terms, int(n_boot), seed))
         nums.append(point[0]), dens.append(point[1:].mean())
         num.append(boot[:, 0]), den.append(boot[:, 1:].mean(axis=1))
-    draws = _model_draws(seed, int(n_boot), len(members))   # a member comes with its own yardstick
+    draws = _model_draws(seed, _MEMBERS, int(n_boot), len(members))   # a member comes with its own yardstick
     boot_num = np.take_along_axis(np.stack(num, axis=1), draws, axis=1).mean(axis=1)
     boot_den = np.take_along_axis(np.stack(den, axis=1), draws, axis=1).mean(axis=1)
     return float(_ratio(np.mean(nums), np.mean(dens))), _percentile_ci(_ratio(boot_num, boot_den), ci)
