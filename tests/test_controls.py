@@ -187,7 +187,7 @@ def test_a_study_reports_the_no_teacher_control_and_the_noise_floor(controls_stu
     assert noise8["rfd"] > 4 * noise1["rfd"]
     md = paths.report_md(controls_study).read_text()
     assert "no-teacher control (the base's initial weights, another data order, alpha 0)" in md
-    assert "Start or teacher (alpha=0.5): the no-teacher control, from the same initial weights" in md
+    assert "Start or teacher (alpha=0.5): from the same initial weights with no teacher, the control ends" in md
     assert "noise floor 1x (Gaussian weight noise, 1x the 8-bit error)" in md
     assert "| no-teacher control | True |" in md and "| noise floor (x 8-bit error) | 1.0, 8.0 |" in md
 
@@ -206,7 +206,8 @@ def test_the_report_splits_start_from_teacher_and_says_when_a_given_base_has_no_
                "rows": [row("student", "alpha=0.5", 0.2, [0.15, 0.25]), row("start", NO_TEACHER, 0.35, [0.3, 0.4])]}
     split = verdict_sentences(summary)[-1]
     assert split.startswith("Start or teacher (alpha=0.5)")
-    assert "The start alone accounts for RFD 0.35; the teacher moves the students 0.15 nearer to the base" in split
+    assert "control ends at RFD 0.35 [0.30, 0.40]; the students, taught by the base, at 0.20 [0.15, 0.25]: the " \
+           "teacher moves them 0.15 nearer to the base than the start alone leaves them." in split
     given = dict(summary, rows=summary["rows"][:1])
     assert verdict_sentences(given)[-1] == "No no-teacher control: a given base has no initial weights to start it from."
     assert "No no-teacher control" not in " ".join(verdict_sentences(dict(given, setup={"distill_no_teacher": False})))

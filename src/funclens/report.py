@@ -310,10 +310,10 @@ def _start_sentence(summary: dict) -> list[str]:
     for r in rows:
         if r.get("role") == "student" and r["rfd"] is not None:
             gap = start["rfd"] - r["rfd"]
-            out.append(f"Start or teacher ({r['setting']}): the no-teacher control, from the same initial weights, "
-                       f"sits at RFD {_ci(start)}; the students at {_ci(r)}. The start alone accounts for RFD "
-                       f"{start['rfd']:.2f}; the teacher moves the students {abs(gap):.2f} "
-                       f"{'nearer to' if gap >= 0 else 'farther from'} the base.")
+            out.append(f"Start or teacher ({r['setting']}): from the same initial weights with no teacher, the "
+                       f"control ends at RFD {_ci(start)}; the students, taught by the base, at {_ci(r)}: the "
+                       f"teacher moves them {abs(gap):.2f} {'nearer to' if gap >= 0 else 'farther from'} the base "
+                       "than the start alone leaves them.")
     return out
 
 
