@@ -209,5 +209,6 @@ def test_the_report_splits_start_from_teacher_and_says_when_a_given_base_has_no_
     assert "control ends at RFD 0.35 [0.30, 0.40]; the students, taught by the base, at 0.20 [0.15, 0.25]: the " \
            "teacher moves them 0.15 nearer to the base than the start alone leaves them." in split
     given = dict(summary, rows=summary["rows"][:1])
-    assert verdict_sentences(given)[-1] == "No no-teacher control: a given base has no initial weights to start it from."
+    assert verdict_sentences(given)[-1] == ("No no-teacher control: a given base has no initial weights to start "
+                                            "it from.")
     assert "No no-teacher control" not in " ".join(verdict_sentences(dict(given, setup={"distill_no_teacher": False})))

@@ -634,8 +634,8 @@ class StudyCfg:
         _check(isinstance(self.compress_all_seeds, bool),
                f"compress_all_seeds must be true or false, got {self.compress_all_seeds!r}")
         pruned = len(self.prune) + len(self.prune_global) + len(self.prune_structured)
-        posthoc = (len(self.quantize) + pruned * (1 + (self.finetune_epochs > 0)) + len(self.torchao)
-                   + self.pt2e + len(self.custom) + len(self.noise)) * (len(self.seeds) if self.compress_all_seeds else 1)
+        posthoc = (len(self.quantize) + pruned * (1 + (self.finetune_epochs > 0)) + len(self.torchao) + self.pt2e
+                   + len(self.custom) + len(self.noise)) * (len(self.seeds) if self.compress_all_seeds else 1)
         runs = (len(self.seeds) * (1 + self.precision_check) + len(self.base.independents)
                 + len(g.alphas) * len(g.seeds) + int(g.control and bool(g.alphas) and bool(g.seeds))
                 + len(g.seeds) * g.no_teacher + posthoc)

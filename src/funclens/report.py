@@ -82,7 +82,8 @@ def _distance_tables(summaries: list[dict]) -> tuple[str, str]:
     """Distances, RFD with both intervals, p, verdict and model size of every row. (CSV, Markdown)"""
     rows = [["dataset", "architecture", "role", "method", "setting", "runs", "accuracy", "accuracy_deviation_pct",
              "disagreement", "js", "tv", "rfd", "rfd_lo", "rfd_hi", "rfd_yardstick_lo", "rfd_yardstick_hi",
-             "rfd_hier", "rfd_hier_lo", "rfd_hier_hi", "p_closer", "verdict", "fp32_bytes", "weight_bytes", "sparse_bytes", "sparsity"]]
+             "rfd_hier", "rfd_hier_lo", "rfd_hier_hi", "p_closer", "verdict", "fp32_bytes", "weight_bytes",
+             "sparse_bytes", "sparsity"]]
     md = ["| Architecture | method | setting | acc. dev. % | disagreement | JS (bits) | " + f"RFD [{_CI} CI] | "
           f"yardstick range | RFD, models then inputs [{_CI} CI] | p(closer) | verdict | ≈ parameters | bytes | "
           "compressed bytes | sparsity |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
