@@ -139,13 +139,14 @@ def test_full_studies_flops_from_the_plan_and_wall_times_from_the_records(tmp_pa
     rows = full_studies(100.0, "2026-01-01 00:00 UTC", records_path=records)
     kept = read_records(records)
     assert [(r["preset"], r["trainings"], r["posthoc"], r["epochs"]) for r in rows] == [
-        ("paper-mnist", 13, 7, 25), ("paper-cifar10", 13, 7, 25)]
+        ("paper-mnist", 16, 11, 25), ("paper-cifar10", 16, 11, 25)]
     for r in rows:
         assert r["measured"] in kept and r["total"] == sum(r["parts"].values())
         assert r["limit_s"] == pytest.approx(r["total"] / 100e9)
         assert r["pct_of_ceiling"] == pytest.approx(100 * r["limit_s"] / r["measured"]["wall_s"])
-    # 13 trainings x 25 epochs x 60,000 images x LeNet's 15,786,240 training FLOPs per image
-    assert rows[0]["parts"]["training"] == 13 * 25 * 60000 * 15786240
+    # 16 trainings (3 seeds, 9 students, the random control, 3 no-teacher controls) x 25 epochs x 60,000 images
+    # x LeNet's 15,786,240 training FLOPs per image
+    assert rows[0]["parts"]["training"] == 16 * 25 * 60000 * 15786240
 
 
 def test_a_bf16_measurement_renders_as_a_target_and_section_6(quick):

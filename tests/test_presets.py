@@ -13,8 +13,9 @@ def test_paper_presets_run_one_study_per_architecture():
     assert name == "paper-cifar100"
     assert [s.model.arch for s in studies] == ["lenet", "resnet50", "mobilenet_v1"]
     assert {s.data.dataset for s in studies} == {"cifar100"}
-    # 3 independent seeds, 9 students, the random control, 2 quantized and 5 pruned models each
-    assert [len(plan(s)) for s in studies] == [20, 20, 20]
+    # 3 independent seeds, 9 students, the random control, 3 no-teacher controls, 2 quantized, 5 pruned and
+    # 4 noisy models each
+    assert [len(plan(s)) for s in studies] == [27, 27, 27]
     _, [mnist] = _resolve_studies(None, "paper-mnist", None, None, None, None, None)
     assert (mnist.data.dataset, mnist.model.arch, mnist.train.epochs) == ("mnist", "lenet", 25)
 

@@ -344,6 +344,12 @@ class DistillCfg:
         """The run whose initial weights the student starts from (None: fresh from its seed)."""
         return (self.init_run or self.teacher) if self.init == "base-init" else None
 
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether the loss has a teacher term: at alpha 0 it is plain cross-entropy, and the teacher is
+        neither loaded nor run (the no-teacher control)."""
+        return self.alpha > 0
+
 
 @dataclass(frozen=True)
 class QuantCfg:
@@ -429,13 +435,32 @@ class CustomCfg:
                f"custom {self.name}: source_sha256 must be a sha256 in hex, got {self.source_sha256!r}")
 
 
+MAX_NOISE_SCALE = 1e6  # multiples of the 8-bit error: far past where any function survives
+
+
+@dataclass(frozen=True)
+class NoiseCfg:
+    """The noise floor: Gaussian noise on every Conv2d and Linear weight, per layer of standard deviation
+    ``scale`` times the RMS error that funclens's 8-bit (per-channel int8) quantization makes in that layer."""
+
+    scale: float = field(default=1.0, metadata={"help": "noise RMS in multiples of the layer's 8-bit error RMS"})
+    seed: int = field(default=0, metadata={"help": "seeds the noise, drawn layer by layer in model order"})
+
+    def __post_init__(self) -> None:
+        _check(_finite(self.scale) and 0 < self.scale <= MAX_NOISE_SCALE,
+               f"noise scale must be a number in (0, {MAX_NOISE_SCALE:g}], got {self.scale!r}")
+        _check(_is_int(self.seed) and 0 <= self.seed <= MAX_SEED,
+               f"noise seed must be an integer in 0..2**63-1, got {self.seed!r}")
+
+
 # The compression configs a post-hoc run may hold, by run kind; the union below is tagged by class name.
 COMPRESS_KINDS: dict[str, tuple[type, ...]] = {
     "quant": (QuantCfg, TorchaoCfg, Pt2eCfg),
     "prune": (PruneCfg, StructuredPruneCfg),
     "custom": (CustomCfg,),
+    "noise": (NoiseCfg,),
 }
-CompressCfg = Union[QuantCfg, PruneCfg, TorchaoCfg, Pt2eCfg, StructuredPruneCfg, CustomCfg]
+CompressCfg = Union[QuantCfg, PruneCfg, TorchaoCfg, Pt2eCfg, StructuredPruneCfg, CustomCfg, NoiseCfg]
 _COMPRESS_TYPES = {t.__name__: t for ts in COMPRESS_KINDS.values() for t in ts}
 
 
@@ -452,7 +477,7 @@ class GivenCfg:
                f"checkpoint sha256 must be 64 hex characters, got {self.sha256!r}")
 
 
-RUN_KINDS = ("train", "quant", "prune", "custom", "given")
+RUN_KINDS = ("train", "quant", "prune", "custom", "given", "noise")
 
 
 @dataclass(frozen=True)
@@ -462,7 +487,7 @@ class RunSpec:
     ``train`` (the fine-tuning's recipe); ``given`` runs have ``given`` alone (a model read from the user's
     checkpoint, never trained)."""
 
-    kind: str = field(metadata={"help": "train, quant, prune, custom or given; the id's prefix"})
+    kind: str = field(metadata={"help": "train, quant, prune, custom, given or noise; the id's prefix"})
     data: DataCfg = field(metadata={"help": "the data the run trains or is evaluated on"})
     model: ModelCfg = field(metadata={"help": "the architecture"})
     train: TrainCfg | None = field(default=None, metadata={
@@ -499,7 +524,8 @@ class RunSpec:
             return (self.parent,)
         if self.distill is None:
             return ()
-        return tuple(dict.fromkeys(r for r in (self.distill.teacher, self.distill.init_source) if r))
+        teacher = self.distill.teacher if self.distill.uses_teacher else None
+        return tuple(dict.fromkeys(r for r in (teacher, self.distill.init_source) if r))
 
 
 # ---------------------------------------------------------------- canonical JSON and ids
@@ -594,6 +620,10 @@ class DistillGrid:
         "help": "base-init: students start from the base's own initial weights; fresh: from their own seed"})
     control: bool = field(default=True, metadata={
         "help": "also distil from an independent model (same recipe, alpha 0.5, first seed): the random control"})
+    no_teacher: bool = field(default=False, metadata={
+        "help": "also train, for each seed, a model from the base's initial weights with alpha 0 and no teacher "
+                "(rows 'alpha=0 (no teacher)'): what the shared start gives without distillation; none with a "
+                "given base, which has no initial weights"})
 
     def __post_init__(self) -> None:
         for a in self.alphas:
@@ -607,6 +637,7 @@ class DistillGrid:
         _check(_finite(self.temperature) and self.temperature > 0,
                f"temperature must be a finite number > 0, got {self.temperature}")
         _check(self.init in ("base-init", "fresh"), f"init must be base-init or fresh, got {self.init!r}")
+        _check(isinstance(self.no_teacher, bool), f"no_teacher must be true or false, got {self.no_teacher!r}")
 
 
 @dataclass(frozen=True)
@@ -685,6 +716,9 @@ class StudyCfg:
                 "compressed models per setting, so RFD gets a spread over seeds"})
     base: BaseCfg = field(default=BaseCfg(), metadata={
         "help": "a base (and yardstick) you already have, as checkpoint files, instead of training them"})
+    noise: tuple[float, ...] = field(default=(), metadata={
+        "help": "the noise floor: the base with Gaussian noise on every Conv2d and Linear weight, per layer of "
+                "this many times the RMS of the layer's 8-bit quantization error (rows '1x', '2x'...)"})
 
     def __post_init__(self) -> None:
         _check(isinstance(self.name, str) and NAME_RE.fullmatch(self.name) is not None,
@@ -692,7 +726,7 @@ class StudyCfg:
         _check(len(self.seeds) >= 2, "a study needs at least 2 seeds: the base and one independent model")
         for what, values in (("seeds", self.seeds), ("quantize", self.quantize), ("prune", self.prune),
                              ("prune_global", self.prune_global), ("prune_structured", self.prune_structured),
-                             ("torchao", self.torchao), ("custom", self.custom)):
+                             ("torchao", self.torchao), ("custom", self.custom), ("noise", self.noise)):
             _check(len(values) <= MAX_LIST, f"{what} lists {len(values)} entries, over the limit of {MAX_LIST}")
         for s in self.seeds:
             _check(_is_int(s) and 0 <= s <= MAX_SEED, f"seeds must be integers in 0..2**63-1, got {s}")
@@ -714,6 +748,9 @@ class StudyCfg:
         for s in self.torchao:
             TorchaoCfg(scheme=s)
         _distinct(self.torchao, "torchao")
+        for k in self.noise:
+            NoiseCfg(scale=k)
+        _distinct(self.noise, "noise", lambda k: f"{k:g}x")  # as plan() labels them
         _check(_is_int(self.finetune_epochs) and 0 <= self.finetune_epochs <= MAX_EPOCHS,
                f"finetune_epochs must be an integer in 0..{MAX_EPOCHS}, got {self.finetune_epochs!r}")
         _check(isinstance(self.pt2e, bool), f"pt2e must be true or false, got {self.pt2e!r}")
@@ -729,10 +766,11 @@ class StudyCfg:
         _check(isinstance(self.compress_all_seeds, bool),
                f"compress_all_seeds must be true or false, got {self.compress_all_seeds!r}")
         pruned = len(self.prune) + len(self.prune_global) + len(self.prune_structured)
-        posthoc = (len(self.quantize) + pruned * (1 + (self.finetune_epochs > 0)) + len(self.torchao)
-                   + self.pt2e + len(self.custom)) * (len(self.seeds) if self.compress_all_seeds else 1)
+        posthoc = (len(self.quantize) + pruned * (1 + (self.finetune_epochs > 0)) + len(self.torchao) + self.pt2e
+                   + len(self.custom) + len(self.noise)) * (len(self.seeds) if self.compress_all_seeds else 1)
         runs = (len(self.seeds) * (1 + self.precision_check) + len(self.base.independents)
-                + len(g.alphas) * len(g.seeds) + int(g.control and bool(g.alphas) and bool(g.seeds)) + posthoc)
+                + len(g.alphas) * len(g.seeds) + int(g.control and bool(g.alphas) and bool(g.seeds))
+                + len(g.seeds) * g.no_teacher + posthoc)
         _check(runs <= MAX_RUNS, f"the study has {runs} runs, over the limit of {MAX_RUNS}")
 
     def replace(self, **changes: Any) -> "StudyCfg":
@@ -856,8 +894,11 @@ def preset_study(name: str, arch: str | None = None) -> StudyCfg:
                         train=TrainCfg(epochs=12, lr=0.02))
     dataset = {"paper-mnist": "mnist", "paper-cifar10": "cifar10", "paper-cifar100": "cifar100",
                "fashion": "fashion-mnist"}[name]
+    # the paper's presets carry the controls that read its findings: the no-teacher start and the noise floor
+    paper = name.startswith("paper-")
     return StudyCfg(name=name if len(archs) == 1 else f"{name}-{arch}", data=DataCfg(dataset),
-                    model=ModelCfg(arch), train=TrainCfg())
+                    model=ModelCfg(arch), train=TrainCfg(), distill=DistillGrid(no_teacher=paper),
+                    noise=(1.0, 2.0, 4.0, 8.0) if paper else ())
 
 
 

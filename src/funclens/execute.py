@@ -158,7 +158,8 @@ def _train_run(spec: RunSpec, ctx: RunContext, store: Store, data: Dataset, prog
     rid, epochs, device = spec.run_id, spec.train.epochs, torch.device(ctx.device)
     init_state = teacher_logits = None
     if spec.distill is not None:
-        teacher_logits = _teacher_logits(store, spec.distill.teacher, spec.model.arch, spec.data, data, ctx)
+        if spec.distill.uses_teacher:  # alpha 0 trains on labels alone: the teacher is never loaded or run
+            teacher_logits = _teacher_logits(store, spec.distill.teacher, spec.model.arch, spec.data, data, ctx)
         if spec.distill.init_source:
             init_state = store.load_init(spec.distill.init_source)
 

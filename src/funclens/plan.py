@@ -7,6 +7,9 @@ Example:
     ['base', 'independent', 'independent']
     >>> ROLES["quantize"].letter, ROLES["control"].method
     ('Q', 'distill')
+    >>> paper = plan(preset_study("paper-mnist"))
+    >>> [r.setting for r in paper if r.role in ("start", "noise")]
+    ['alpha=0 (no teacher)', 'alpha=0 (no teacher)', 'alpha=0 (no teacher)', '1x', '2x', '4x', '8x']
     >>> [r.setting for r in plan(preset_study("quick").replace(precision_check=True)) if r.role == "precision"]
     ['bf16 base', 'bf16 seed=1', 'bf16 seed=2']
     >>> pop = plan(preset_study("quick").replace(quantize=("8-bit",), prune=(), compress_all_seeds=True))
@@ -20,8 +23,8 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import PurePath
 
-from funclens.config import (CompressCfg, ConfigError, CustomCfg, DistillCfg, GivenCfg, Pt2eCfg, PruneCfg, QuantCfg,
-                             RunSpec, StructuredPruneCfg, StudyCfg, TorchaoCfg)
+from funclens.config import (CompressCfg, ConfigError, CustomCfg, DistillCfg, GivenCfg, NoiseCfg, Pt2eCfg, PruneCfg,
+                             QuantCfg, RunSpec, StructuredPruneCfg, StudyCfg, TorchaoCfg)
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,9 @@ class Role:
 
 # The one table of roles, in the order tables and figures list them. C marks the random-control students:
 # distilled like the others, but from an independent model instead of the base. F marks the bf16-trained
-# twins of a study's precision check: each is compared with the fp32 model of its own seed.
+# twins of a study's precision check: each is compared with the fp32 model of its own seed. S marks the
+# no-teacher control (the base's initial weights, alpha 0: what the start gives without a teacher), N the base
+# with Gaussian weight noise on the scale of 8-bit rounding (the line between rounding and a new function).
 ROLES: dict[str, Role] = {r.name: r for r in (
     Role("base", "base", "B", "black", "base"),
     Role("independent", "independent", "I", "tab:blue", "independent"),
@@ -48,7 +53,10 @@ ROLES: dict[str, Role] = {r.name: r for r in (
     Role("finetune", "prune", "R", "tab:pink", "pruned + fine-tuned"),
     Role("custom", "custom", "X", "tab:brown", "your compressor"),
     Role("precision", "precision", "F", "tab:orange", "bf16-trained twin"),
+    Role("start", "distill", "S", "tab:cyan", "no-teacher control"),
+    Role("noise", "noise", "N", "tab:gray", "noise floor"),
 )}
+NO_TEACHER = "alpha=0 (no teacher)"  # the no-teacher control's setting
 
 
 @dataclass(frozen=True)
@@ -107,7 +115,7 @@ def plan(study: StudyCfg) -> list[PlannedRun]:
     """Every run of ``study`` in an order where parents come first.
 
     With a given base (``[base] checkpoint``) students start fresh: the base's initial weights, which
-    base-init students start from, are not known.
+    base-init students start from, are not known; for the same reason such a study has no no-teacher control.
     """
     def trained(seed: int, distill: DistillCfg | None = None) -> RunSpec:
         return RunSpec("train", study.data, study.model, dataclasses.replace(study.train, seed=seed), distill)
@@ -116,7 +124,12 @@ def plan(study: StudyCfg) -> list[PlannedRun]:
     base = runs[0].spec
     g = study.distill
     init = "fresh" if study.base.checkpoint else g.init
+    # The no-teacher control is an alpha-0 base-init student: a grid's own alpha-0 students of base-init are
+    # the same runs, planned once, as the control.
+    start = g.no_teacher and not study.base.checkpoint
     for alpha in g.alphas:
+        if start and alpha == 0 and init == "base-init":
+            continue
         for s in g.seeds:
             d = DistillCfg(teacher=base.run_id, alpha=alpha, temperature=g.temperature, init=init)
             runs.append(PlannedRun(trained(s, d), "student", f"alpha={alpha:g}", s))
@@ -128,6 +141,11 @@ def plan(study: StudyCfg) -> list[PlannedRun]:
         d = DistillCfg(teacher=indep.run_id, alpha=alpha, temperature=g.temperature, init=init,
                        init_run=base.run_id if init == "base-init" else "")
         runs.append(PlannedRun(trained(g.seeds[0], d), "control", f"alpha={alpha:g}", g.seeds[0]))
+    if start:
+        # the base's own initial weights, the student's seed (so another data order), plain cross-entropy
+        for s in g.seeds:
+            d = DistillCfg(teacher=base.run_id, alpha=0.0, temperature=g.temperature, init="base-init")
+            runs.append(PlannedRun(trained(s, d), "start", NO_TEACHER, s))
     # With compress_all_seeds, every post-hoc setting is applied to each independent model as well: its runs
     # keep the setting's role and name their parent in spec.parent, with that parent's seed (None: the base's).
     parents = [(base, None)] + ([(trained(s), s) for s in study.seeds[1:]] if study.compress_all_seeds else [])
@@ -165,4 +183,6 @@ def _posthoc(study: StudyCfg) -> list[tuple[str, CompressCfg, str, str, object]]
         out.append(("quant", Pt2eCfg(calibration=study.calibration_images), "quantize", "PT2E int8", None))
     out += [("custom", dataclasses.replace(c, calibration=c.calibration or study.calibration_images), "custom",
              c.name, None) for c in study.custom]
+    # one seed for every scale: the noise points one way, and 2x is 1x's noise doubled
+    out += [("noise", NoiseCfg(scale=k), "noise", f"{k:g}x", None) for k in study.noise]
     return out

@@ -93,22 +93,26 @@ def _distance_tables(summaries: list[dict]) -> tuple[str, str]:
     """Distances, RFD with both intervals, p, verdict and model size of every row. (CSV, Markdown)"""
     rows = [["dataset", "architecture", "role", "method", "setting", "runs", "accuracy", "accuracy_deviation_pct",
              "disagreement", "js", "tv", "rfd", "rfd_lo", "rfd_hi", "rfd_yardstick_lo", "rfd_yardstick_hi",
-             "p_closer", "verdict", "fp32_bytes", "weight_bytes", "sparse_bytes", "sparsity"]]
+             "rfd_hier", "rfd_hier_lo", "rfd_hier_hi", "p_closer", "verdict", "fp32_bytes", "weight_bytes",
+             "sparse_bytes", "sparsity"]]
     md = ["| Architecture | method | setting | acc. dev. % | disagreement | JS (bits) | " + f"RFD [{_CI} CI] | "
-          "yardstick range | p(closer) | verdict | ≈ parameters | bytes | compressed bytes | sparsity |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          f"yardstick range | RFD, models then inputs [{_CI} CI] | p(closer) | verdict | ≈ parameters | bytes | "
+          "compressed bytes | sparsity |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         for r in s["rows"]:
             lo, hi = r["rfd_ci"]
             ylo, yhi = r.get("rfd_ci_yardstick") or (None, None)
+            hlo, hhi = r.get("rfd_ci_hier") or (None, None)
             rows.append([s["dataset"], s["arch"], r.get("role", ""), r["method"], r["setting"], " ".join(r["runs"]),
                          f"{r['accuracy']:.4f}", _num(r["accuracy_deviation_pct"], ".4f"),
                          f"{r['disagreement']:.6f}", f"{r['js']:.6f}", f"{r['tv']:.6f}", _num(r["rfd"], ".4f"),
                          _num(lo, ".4f"), _num(hi, ".4f"), _num(ylo, ".4f"), _num(yhi, ".4f"),
+                         _num(r.get("rfd_hier"), ".4f"), _num(hlo, ".4f"), _num(hhi, ".4f"),
                          _num(r["p_closer"], ".4f"), r["verdict"]]
                         + [str(r.get(k, "")) for k in ("fp32_bytes", "weight_bytes", "sparse_bytes", "sparsity")])
             md.append(f"| {s['arch']} | {r['method']} | {r['setting']} | {_fmt_dev(r)} | {r['disagreement']:.4f} | "
-                      f"{r['js']:.4f} | {_ci(r)} | {_yard(r)} | {'' if r['verdict'] == 'yardstick' else _p(r)} | "
+                      f"{r['js']:.4f} | {_ci(r)} | {_yard(r)} | {_hier(r)} | "
+                      f"{'' if r['verdict'] == 'yardstick' else _p(r)} | "
                       f"{r['verdict']} | "
                       + " | ".join(_size(r)) + " |")
     return _csv(rows), "\n".join(md) + "\n"
@@ -173,7 +177,7 @@ def write_tables(out: Path, summaries: list[dict]) -> tuple[str, str]:
 # ---------------------------------------------------------------- figures
 
 def _final_label(r: RunView) -> str:
-    return r.setting if r.role not in ("student", "control") else f"{r.setting} s{r.seed}"
+    return r.setting if r.role not in ("student", "control", "start") else f"{r.setting} s{r.seed}"
 
 
 def _landscape_points(sv: StudyView) -> tuple[list[np.ndarray], list[dict]]:
@@ -282,6 +286,19 @@ def _yard(r: dict) -> str:
     return "" if lo is None else f"[{lo:.2f}, {'inf' if hi is None else format(hi, '.2f')}]"
 
 
+def _hier(r: dict) -> str:
+    """RFD with its interval of resampling models (seeds), then inputs; empty where a row has none.
+
+    Example:
+        >>> _hier({"rfd_hier": 0.31, "rfd_ci_hier": [0.12, None]}), _hier({})
+        ('0.31 [0.12, inf]', '')
+    """
+    lo, hi = r.get("rfd_ci_hier") or (None, None)
+    if r.get("rfd_hier") is None or lo is None:
+        return ""
+    return f"{r['rfd_hier']:.2f} [{lo:.2f}, {'inf' if hi is None else format(hi, '.2f')}]"
+
+
 def _is_control(r: dict) -> bool:
     return r.get("role") == "control"
 
@@ -294,12 +311,19 @@ def _row_sentence(r: dict, n_test: int, pairs: int) -> str:
         words = ("as far from the base as an independent model, as expected of a student taught by another model"
                  if near_one else _WORDS[r["verdict"]] + " (its teacher is an independent model)")
         name = f"control student ({r['setting']}, taught by an independent model)"
+    elif r.get("role") == "start":
+        words = _WORDS[r["verdict"]] + " with no teacher at all: what the shared start alone keeps"
+        name = "no-teacher control (the base's initial weights, another data order, alpha 0)"
+    elif r.get("role") == "noise":
+        words = _WORDS[r["verdict"]] + " (a noise floor, not a compression)"
+        name = f"noise floor {r['setting']} (Gaussian weight noise, {r['setting']} the 8-bit error)"
     else:
         words = _WORDS[r["verdict"]]
     s = f"{name}: RFD {_ci(r)}, accuracy {_acc_change(r)}, {100 * r['disagreement']:.2f}% of predictions changed → {words}"
     if r["verdict"] == "undetermined":
         return s + f": {r.get('verdict_reason', 'RFD is undefined')}."
-    s += (f" (p {_p(r)}; with one independent alone as yardstick {_yard(r)}). Rests on {n_test} test inputs "
+    models = f"; models then inputs resampled {_hier(r)}" if _hier(r) and r.get("members", 1) > 1 else ""
+    s += (f" (p {_p(r)}; with one independent alone as yardstick {_yard(r)}{models}). Rests on {n_test} test inputs "
           f"and a yardstick of {pairs} independent model{'s' if pairs != 1 else ''}")
     if r.get("caveats"):
         s += ". Weak where: " + "; ".join(r["caveats"])
@@ -325,9 +349,35 @@ def _control_sentence(summary: dict) -> list[str]:
                "student toward the base beyond what any teacher does.")]
 
 
+def _start_sentence(summary: dict) -> list[str]:
+    """What the start gives and what the teacher adds: the base-init students beside the no-teacher control."""
+    rows = summary["rows"]
+    start = next((r for r in rows if r.get("role") == "start"), None)
+    setup = summary.get("setup", {})
+    if start is None:
+        # asked for, yet not planned: the base was given as a checkpoint, without the weights it started from
+        asked = setup.get("distill_no_teacher") and setup.get("distill_seeds")
+        return ["No no-teacher control: a given base has no initial weights to start it from."] if asked else []
+    if start["rfd"] is None:
+        return []
+    out = []
+    for r in rows:
+        if r.get("role") == "student" and r["rfd"] is not None:
+            gap = start["rfd"] - r["rfd"]
+            out.append(f"Start or teacher ({r['setting']}): from the same initial weights with no teacher, the "
+                       f"control ends at RFD {_ci(start)}; the students, taught by the base, at {_ci(r)}: the "
+                       f"teacher moves them {abs(gap):.2f} {'nearer to' if gap >= 0 else 'farther from'} the base "
+                       "than the start alone leaves them.")
+    return out
+
+
 def units_note(summary: dict) -> str:
     """What the numbers mean, said once: units, ±, p, and both intervals."""
     m, t = summary["metric"], summary["thresholds"]
+    pairs = summary["reference"]["pairs"]
+    rough = {1: "; with 1 independent model the yardstick has no spread over models to show",
+             2: "; with 2 independent models the yardstick's spread is rough (a resample holds one of them twice "
+                "or both)"}.get(pairs, "")
     return (f"Units: disagreement is the fraction of test inputs whose top-1 prediction differs; JS is the "
             f"Jensen-Shannon divergence in bits (0 to 1); the distance behind RFD is {m} "
             f"({metrics.METRIC_UNITS[m]}). Accuracy changes are in % of the base's accuracy; ± is the sample "
@@ -336,6 +386,9 @@ def units_note(summary: dict) -> str:
             f"takes the yardstick from each independent model alone and spans the lowest to the highest end: the "
             f"yardstick's own noise, which the first leaves out. p: one-sided bootstrap p-value against 'no "
             f"closer to the base than the independent models are'; at its floor it prints p < {1 / t['bootstrap']:.3g}. "
+            f"'Models then inputs' resamples a row's models (student seeds; a population's compressed models) and "
+            f"the independent models with replacement, then the same test inputs: the spread over seeds"
+            + rough + ". "
             f"Verdicts come from the first interval: 'preserves' when its upper end is below "
             f"{t['preserves_below']}, 'independent-like' when its lower end is above {t['independent_above']}, "
             f"'partial' otherwise, 'undetermined' when the independent models agree with the base on every input.")
@@ -345,7 +398,7 @@ def verdict_sentences(summary: dict) -> list[str]:
     """One sentence per compressed setting (what it rests on, where it is weak), and the random control's."""
     out = [_row_sentence(r, summary["num_test"], summary["reference"]["pairs"]) for r in summary["rows"]
            if r["method"] != "independent"]
-    return out + _control_sentence(summary)
+    return out + _control_sentence(summary) + _start_sentence(summary)
 
 
 def yardstick_md(summary: dict) -> str:
@@ -368,7 +421,8 @@ _SETUP_NAMES = {"data_content_sha256": "data content (sha256)", "batch_size": "b
                 "custom": "custom compressors (source sha256)",
                 "lr": "learning rate", "weight_decay": "weight decay", "distill_alphas": "distillation alphas",
                 "distill_seeds": "student seeds", "temperature": "distillation T", "distill_init": "student init",
-                "distill_control": "random control", "prune_global": "global pruning",
+                "distill_control": "random control", "distill_no_teacher": "no-teacher control",
+                "noise": "noise floor (x 8-bit error)", "prune_global": "global pruning",
                 "funclens_versions": "funclens version of the runs", "git_commits": "git commit of the runs",
                 "changed_from_preset": "changed from the preset", "recipe": "training recipe (by its values)",
                 "normalize": "input normalisation", "prune_last": "pruning reaches the last layer"}

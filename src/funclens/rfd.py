@@ -12,7 +12,8 @@ The interval is a percentile bootstrap over test inputs: each replicate resample
 recomputes numerator and denominator on the *same* inputs, so input difficulty cancels in the ratio. The
 resampled inputs depend only on N and ``seed``, never on which model is measured: every model of a study is
 resampled with the same inputs (common random numbers), so adding a model to a study leaves every other
-model's interval unchanged.
+model's interval unchanged. :func:`rfd_hierarchical` resamples the models too (students over seeds, the
+independent models), then the same inputs: the spread over seeds beside the spread over inputs.
 
 Example:
     >>> import numpy as np
@@ -188,6 +189,107 @@ def rfd(base: np.ndarray, models: Preds, independents: Preds, *, metric: str = "
     elif math.isnan(interval[0]):
         reason = "every bootstrap resample of the test inputs had a yardstick of 0"
     return RFD(value, interval, p, "undetermined" if reason else verdict(interval), dist, ref, int(n_boot), reason)
+
+
+# Streams of model draws, apart from the inputs' generator and from each other: a row's models and the
+# independent models are drawn independently even when they are as many.
+_ROW_MODELS, _INDEPENDENTS, _MEMBERS = 1, 2, 3
+
+
+def _model_draws(seed: int, stream: int, n_boot: int, k: int) -> np.ndarray:
+    """``[n_boot, k]`` indices of k models drawn with replacement, from their own generator: the inputs each
+    replicate resamples stay those of :func:`rfd`'s interval, and rows with as many models draw alike."""
+    return np.random.default_rng([seed, stream, k]).integers(0, k, size=(n_boot, k))
+
+
+def _resampled_mean(boot: np.ndarray, seed: int, stream: int) -> np.ndarray:
+    """Per replicate, the mean over k models drawn with replacement of their bootstrapped distances ``[B, k]``."""
+    draws = _model_draws(seed, stream, len(boot), boot.shape[1])
+    return np.take_along_axis(boot, draws, axis=1).mean(axis=1)
+
+
+def rfd_hierarchical(base: np.ndarray, models: Preds, independents: Preds, *, metric: str = "disagreement",
+                     n_boot: int = N_BOOT, seed: int = SEED, ci: float = CI) -> tuple[float, float]:
+    """RFD's interval resampling models, then inputs: the spread over seeds (students, independent models)
+    that :func:`rfd`'s interval over test inputs leaves out.
+
+    Each replicate draws the row's models with replacement and, apart, the independent models with replacement,
+    then uses the very inputs :func:`rfd`'s replicate of the same number resamples (the same ``seed``: common
+    random numbers across rows). With one model and one independent it is :func:`rfd`'s interval; with two
+    independents each replicate's yardstick is one of them twice or both, a rough spread over models.
+
+    Args:
+        base: ``[N, C]`` probabilities of the base model.
+        models: the row's models, ``[N, C]`` or several (``[S, N, C]`` or a sequence).
+        independents: the yardstick's models, at least one.
+        metric: one of :data:`funclens.metrics.METRICS`.
+        n_boot: bootstrap replicates.
+        seed: seeds both resamplings; keep the default to get a study's numbers.
+        ci: coverage of the two-sided interval.
+
+    Returns:
+        ``(lo, hi)``, like :attr:`RFD.ci` (``inf``/``nan`` where the yardstick is 0).
+
+    Example:
+        >>> eye = np.eye(4)
+        >>> students = [eye[[0, 1, 2, 0]], eye[[0, 1, 2, 3]]]          # one moved 1 input of 4, one none
+        >>> rfd(eye, students, [eye[[1, 0, 3, 2]]], n_boot=200).ci        # the mean of the two, inputs resampled
+        (0.0, 0.375)
+        >>> rfd_hierarchical(eye, students, [eye[[1, 0, 3, 2]]], n_boot=200)  # some draws take the moved one twice
+        (0.0, 0.5)
+    """
+    check_metric(metric)
+    _check_args(n_boot, ci)
+    ms, inds = _as_list(models, "compared"), _as_list(independents, "independent")
+    terms = np.stack([_terms(base, m, metric) for m in ms] + [_terms(base, i, metric) for i in inds])
+    boot = _finish(metric, _boot_means(terms, int(n_boot), seed))
+    k = len(ms)
+    return _percentile_ci(_ratio(_resampled_mean(boot[:, :k], seed, _ROW_MODELS),
+                                 _resampled_mean(boot[:, k:], seed, _INDEPENDENTS)), ci)
+
+
+def population_rfd_hierarchical(members: Sequence[tuple[np.ndarray, np.ndarray, Sequence[np.ndarray]]], *,
+                                metric: str = "disagreement", n_boot: int = N_BOOT, seed: int = SEED,
+                                ci: float = CI) -> tuple[float, tuple[float, float]]:
+    """RFD of a setting over a population of compressed models, each against its own uncompressed parent, with
+    the interval of resampling members (each with its own yardstick), then inputs.
+
+    The point is the ratio of means: the mean over members of ``d(parent, compressed)`` over the mean of each
+    member's yardstick (``d(parent, other)`` averaged over its others). Inputs are resampled as :func:`rfd`'s.
+
+    Args:
+        members: ``(parent, compressed, others)`` per compressed model: ``[N, C]`` probabilities, and the other
+            uncompressed models (base and independents) as that member's yardstick.
+        metric: one of :data:`funclens.metrics.METRICS`.
+        n_boot: bootstrap replicates.
+        seed: seeds both resamplings.
+        ci: coverage of the two-sided interval.
+
+    Returns:
+        ``(rfd, (lo, hi))``.
+
+    Example:
+        >>> eye = np.eye(4)
+        >>> a, b = eye, eye[[1, 0, 3, 2]]                               # two models that disagree everywhere
+        >>> population_rfd_hierarchical([(a, eye[[0, 1, 2, 0]], [b]), (b, b, [a])], n_boot=200)
+        (0.125, (0.0, 0.5))
+    """
+    check_metric(metric)
+    _check_args(n_boot, ci)
+    if not members:
+        raise MetricsError("a population needs at least one compressed model")
+    num, den, nums, dens = [], [], [], []
+    for parent, model, others in members:
+        terms = np.stack([_terms(parent, model, metric)] + [_terms(parent, o, metric)
+                                                            for o in _as_list(others, "independent")])
+        point = _finish(metric, terms.mean(axis=1))
+        boot = _finish(metric, _boot_means(terms, int(n_boot), seed))
+        nums.append(point[0]), dens.append(point[1:].mean())
+        num.append(boot[:, 0]), den.append(boot[:, 1:].mean(axis=1))
+    draws = _model_draws(seed, _MEMBERS, int(n_boot), len(members))   # a member comes with its own yardstick
+    boot_num = np.take_along_axis(np.stack(num, axis=1), draws, axis=1).mean(axis=1)
+    boot_den = np.take_along_axis(np.stack(den, axis=1), draws, axis=1).mean(axis=1)
+    return float(_ratio(np.mean(nums), np.mean(dens))), _percentile_ci(_ratio(boot_num, boot_den), ci)
 
 
 def verdict(rfd_ci: Sequence[float], preserve_below: float = PRESERVE_BELOW,

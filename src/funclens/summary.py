@@ -17,14 +17,14 @@ import numpy as np
 from funclens import __version__, metrics
 from funclens.config import StudyCfg, describe_recipe, from_dict, preset_changes, preset_of
 from funclens.plan import ROLES
-from funclens.rfd import (CI, INDEPENDENT_ABOVE, N_BOOT, PRESERVE_BELOW, SEED, independent_reference, rfd,
-                          verdict)
+from funclens.rfd import (CI, INDEPENDENT_ABOVE, N_BOOT, PRESERVE_BELOW, SEED, independent_reference,
+                          population_rfd_hierarchical, rfd, rfd_hierarchical, verdict)
 from funclens.store import Store, StoreError
 
 # roles whose runs become rows compared with the base, in the order of ROLES
-COMPARED_ROLES = ("student", "control", "quantize", "prune", "finetune", "custom")
+COMPARED_ROLES = ("student", "control", "start", "quantize", "prune", "finetune", "noise", "custom")
 # roles of post-hoc runs: with compress_all_seeds, one per setting and per uncompressed model
-POSTHOC_ROLES = ("quantize", "prune", "finetune", "custom")
+POSTHOC_ROLES = ("quantize", "prune", "finetune", "noise", "custom")
 # sizes a post-hoc run's metrics.json records, copied into its row
 _SIZE_KEYS = ("weight_bytes", "fp32_bytes", "sparse_bytes", "sparsity", "conv_layers_compressed", "layers_total")
 # what the field's libraries measure (funclens.compress.CompressInfo), copied into the row where recorded
@@ -209,6 +209,10 @@ def _row(sv: StudyView, role: str, setting: str, members: list[RunView], indeps:
     row.update(diagnose(base.final, [m.final for m in members], sv.labels,
                         [i.final for i in indeps if all(i is not m for m in members)]))
     row.update(_yardstick_spread(base, members, indeps, metric))
+    # models, then inputs: the spread over student seeds and over independent models
+    row["rfd_hier"] = row["rfd"]
+    row["rfd_ci_hier"] = list(rfd_hierarchical(base.final, [m.final for m in members], [i.final for i in indeps],
+                                               metric=metric))
     if role == "independent":
         row["verdict"] = YARDSTICK
     return row
@@ -273,7 +277,8 @@ def setup(sv: StudyView) -> dict:
         "recipe": describe_recipe(t), "schedule": t.schedule, "normalize": st.data.normalize,
         "prune_last": st.prune_last,
         "distill_alphas": list(g.alphas), "distill_seeds": list(g.seeds), "temperature": g.temperature,
-        "distill_init": g.init, "distill_control": g.control, "quantize": list(st.quantize),
+        "distill_init": g.init, "distill_control": g.control, "distill_no_teacher": g.no_teacher,
+        "noise": list(st.noise), "quantize": list(st.quantize),
         "prune": list(st.prune), "prune_global": list(st.prune_global),
         "prune_structured": list(st.prune_structured), "finetune_epochs": st.finetune_epochs,
         "torchao": list(st.torchao), "pt2e": st.pt2e,
@@ -335,7 +340,8 @@ def population_fields(sv: StudyView, role: str, setting: str, metric: str) -> di
 
     Fields: ``population`` (compressed models), ``population_runs``, ``rfd_seeds`` (one RFD per compressed model,
     the base's first, as ``rfd``), ``rfd_seed_mean``, ``rfd_seed_min`` and ``rfd_seed_max``; the spread over test
-    inputs stays ``rfd_ci``.
+    inputs stays ``rfd_ci``. A population of several also gives ``rfd_hier`` and ``rfd_ci_hier``: the setting's
+    RFD over it (ratio of means) with the interval of resampling its models, then inputs.
     """
     uncompressed = [sv.base, *sv.of("independent")]
     members = population(sv, role, setting)
@@ -344,10 +350,17 @@ def population_fields(sv: StudyView, role: str, setting: str, metric: str) -> di
         others = [u.final for u in uncompressed if u.run != parent.run]
         values.append(rfd(parent.final, [model.final], others, metric=metric).rfd)
     finite = [v for v in values if np.isfinite(v)]
-    return {"population": len(members), "population_runs": [m.run for _, m in members], "rfd_seeds": values,
+    out = {"population": len(members), "population_runs": [m.run for _, m in members], "rfd_seeds": values,
             "rfd_seed_mean": float(np.mean(finite)) if finite else None,
             "rfd_seed_min": float(np.min(finite)) if finite else None,
             "rfd_seed_max": float(np.max(finite)) if finite else None}
+    if len(members) > 1:
+        # over the population: compressed models (each with its own yardstick) resampled, then inputs
+        point, ci = population_rfd_hierarchical(
+            [(p.final, m.final, [u.final for u in uncompressed if u.run != p.run]) for p, m in members],
+            metric=metric)
+        out.update(rfd_hier=point, rfd_ci_hier=list(ci))
+    return out
 
 
 def analyse(sv: StudyView) -> dict:
@@ -355,6 +368,8 @@ def analyse(sv: StudyView) -> dict:
 
     Every row's ``rfd``, ``rfd_ci``, ``p_closer`` and ``verdict`` are :func:`funclens.rfd.rfd` of its runs' final
     predictions against the base and all independent models, with the default bootstrap (``N_BOOT``, ``SEED``).
+    ``rfd_ci_hier`` resamples the models too (:func:`funclens.rfd.rfd_hierarchical`), around ``rfd_hier``
+    (``rfd``, or a population's RFD over its seeds).
     """
     metric = sv.study.metric
     base, indeps = sv.base, sv.of("independent")

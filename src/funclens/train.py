@@ -205,7 +205,8 @@ def train(spec: RunSpec, data: Dataset, *, device: torch.device | str = "cpu",
     """
     cfg = spec.train
     assert cfg is not None and (spec.kind == "train" or model is not None)
-    assert spec.distill is None or teacher_logits is not None, "a distillation run needs its teacher's logits"
+    assert spec.distill is None or not spec.distill.uses_teacher or teacher_logits is not None, \
+        "a distillation run with alpha > 0 needs its teacher's logits"
     device = torch.device(device)
     model, opt, gen = _build(spec, data, device, init_state, on_init, channels_last, model)
     if teacher_logits is not None:
@@ -295,7 +296,8 @@ def _train_epoch(spec: RunSpec, data: Dataset, model: nn.Module, opt: torch.opti
         # softmaxes is a difference of nearly equal numbers. The teacher's logits are fp32 too. Gradients
         # reach the fp32 weights as fp32, so the optimizer's state (momentum, Adam's moments) and its
         # update (lr x grad, often under a bf16 weight's rounding step) are computed in fp32.
-        if dcfg is None:
+        if dcfg is None or not dcfg.uses_teacher:
+            # alpha 0 (the no-teacher control): the teacher's logits are not even looked up
             loss = F.cross_entropy(logits, yb)
         else:
             assert teacher_logits is not None

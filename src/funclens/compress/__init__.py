@@ -16,6 +16,8 @@ The returned model computes in fp32 on CPU and holds the weights as the compress
   ``fp32_latency_ms`` (one batch of ``latency_batch`` images, median of repeats, in the same process).
 - ``scheme`` (quantization; plus ``group_size`` for grouped 4-bit) or ``amount`` and ``scope`` (pruning):
   the config's values, for tables.
+- The noise floor (``method`` ``"noise"``, setting ``"2x"``): ``noise_rms_by_layer``, the measured RMS of the
+  noise added to each layer's weight, and ``noise_target_by_layer``, its target (see ``compress/noise.py``).
 - ``loadable``: whether ``create_model(...).load_state_dict(returned.state_dict())`` works.
 - ``layers_total``: Conv2d + Linear layers of the model; ``layers_compressed``: those compressed;
   ``conv_layers_compressed``: the Conv2d among them (0 for ``dynamic-int8``).
@@ -93,6 +95,8 @@ class CompressInfo:
     fp32_latency_ms: float | None = None  # the same batch through the fp32 model, compiled alike, in the same run
     latency_batch: int | None = None      # images in that batch
     library: str | None = None            # the library that compressed, with its version: "torchao 0.18.0"
+    noise_rms_by_layer: dict[str, float] | None = None     # noise floor: measured RMS of the noise added, per layer
+    noise_target_by_layer: dict[str, float] | None = None  # its target: scale x the layer's 8-bit error RMS
     packed: dict[str, Any] | None = field(default=None, repr=False, compare=False)   # tensors, not JSON
 
     def to_json(self) -> dict[str, Any]:
@@ -234,4 +238,4 @@ def tensor_bytes(model: nn.Module, skip: Collection[str] = ()) -> int:
     return sum(_fp32_size(t) for n, t in named if n not in skip)
 
 
-from funclens.compress import custom, prune, pt2e, quantize, structured, torchao  # noqa: E402,F401  (registration side effect)
+from funclens.compress import custom, noise, prune, pt2e, quantize, structured, torchao  # noqa: E402,F401  (registration side effect)
