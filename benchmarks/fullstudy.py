@@ -9,6 +9,7 @@ it. A fresh measurement found here is added to that file, so it outlives the res
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +21,18 @@ FULL_STUDIES = (("paper-mnist", "lenet", (1, 28, 28), 10, "results/paper-mnist")
                 ("paper-cifar10", "lenet", (3, 32, 32), 10, "results/paper-cifar10-lenet"))
 
 
-def read_records(path: Path = RECORDS) -> list[dict[str, Any]]:
+def read_records(path: Path = RECORDS, key: str = "studies") -> list[dict[str, Any]]:
     """The measured full-study entries kept in ``path``, oldest first.
 
     Args:
         path: the records file.
+        key: ``studies`` (wall times) or ``bf16_cost`` (the precision check's rows).
 
     Example:
         >>> sorted({r["preset"] for r in read_records()})
         ['paper-cifar10', 'paper-mnist']
     """
-    return json.loads(path.read_text())["studies"]
+    return json.loads(path.read_text()).get(key, [])
 
 
 def _measured_here(study, preset: str, folder: str, date: str) -> dict[str, Any] | None:
@@ -54,9 +56,40 @@ def _measured_here(study, preset: str, folder: str, date: str) -> dict[str, Any]
     except (ValueError, IndexError):
         return None
     base = store.load_metrics(base_id)
+    note = time_file.read_text().split(maxsplit=1)[1].strip() if len(time_file.read_text().split()) > 1 else ""
     return {"preset": preset, "arch": study.model.arch, "folder": folder, "wall_s": wall_s,
             "commit": (base.get("git_commit") or "unknown")[:7], "n_train": int(base["train_images"]),
-            "n_test": int(base["test_images"]), "reported": date, "note": f"read from {folder}.time"}
+            "n_test": int(base["test_images"]), "reported": date,
+            "note": f"read from {folder}.time" + (f" ({note})" if note else ""), "plan": _recorded_counts(store)}
+
+
+def _recorded_counts(store) -> dict[str, int]:
+    """The counts of the plan a study's own ``study.json`` holds: what the timed command ran, which the preset
+    of a later commit may no longer be."""
+    from funclens.config import StudyCfg, from_dict
+
+    return _counts(from_dict(StudyCfg, store.read_study()["study"]))
+
+
+def bf16_cost(folder: Path) -> dict[str, Any] | None:
+    """The functional cost of bf16 training as a finished study with ``precision_check`` measured it: each
+    bf16-trained twin's RFD from the fp32 model of its own seed, from the study's ``summary.json``; None when
+    the study has no such rows.
+
+    Args:
+        folder: the study's folder.
+    """
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    rows = [{k: r.get(k) for k in ("setting", "rfd", "rfd_ci", "verdict", "disagreement", "accuracy_deviation_pct")}
+            for r in summary.get("rows", []) if r.get("method") == "precision"]
+    if not rows:
+        return None
+    commits = summary.get("setup", {}).get("git_commits") or ["unknown"]
+    return {"rows": rows, "independent_mean": summary["reference"]["independent_mean"],
+            "commit": str(commits[-1])[:7], "num_test": summary["num_test"]}
 
 
 def flop_parts(counts: dict[str, int], n_train: int, n_test: int, flops: dict[str, Any]) -> dict[str, float]:
@@ -116,8 +149,12 @@ def full_studies(ceiling_gflops: float, date: str, records_path: Path = RECORDS)
             records.append(fresh)
             _write_records(records_path, records)
         kept = [r for r in records if r["preset"] == preset and r["arch"] == arch]
+        cost = [c for c in read_records(records_path, "bf16_cost") if c["preset"] == preset and c["arch"] == arch]
+        if cost:
+            row["bf16_cost"] = cost[-1]
         if kept:
             rec = kept[-1]
+            row.update(rec.get("plan") or {})   # the counts of the plan that was timed, where recorded
             parts = flop_parts(row, rec["n_train"], rec["n_test"], lenet_flops(in_shape, classes))
             limit_s = sum(parts.values()) / (ceiling_gflops * 1e9)
             row.update(measured=rec, historical=fresh is None, parts=parts, total=sum(parts.values()),
@@ -126,9 +163,67 @@ def full_studies(ceiling_gflops: float, date: str, records_path: Path = RECORDS)
     return rows
 
 
-def _write_records(path: Path, records: list[dict[str, Any]]) -> None:
+def _write_records(path: Path, records: list[dict[str, Any]], key: str = "studies") -> None:
     doc = json.loads(path.read_text())
-    doc["studies"] = records
+    doc[key] = records
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     tmp.replace(path)
+
+
+def record(date: str, records_path: Path = RECORDS) -> list[str]:
+    """Keep what the full studies here measured: a new wall time (``<folder>.time``) and a new functional cost
+    of bf16 training, each once. Run it when a study finishes, before the study grows (a later invocation that
+    adds runs to the same folder would otherwise be counted with the plan that was timed).
+
+    Args:
+        date: the date to give new entries.
+        records_path: the records file.
+
+    Returns:
+        One line per entry added.
+    """
+    from funclens.config import preset_study
+
+    added = []
+    for preset, arch, _, _, folder in FULL_STUDIES:
+        study = preset_study(preset, arch)
+        fresh = _measured_here(study, preset, folder, date)
+        records = read_records(records_path)
+        if fresh is not None and not any(r["commit"] == fresh["commit"] and r["wall_s"] == fresh["wall_s"]
+                                         for r in records):
+            _write_records(records_path, [*records, fresh])
+            added.append(f"{folder}: {fresh['wall_s']:.0f} s at {fresh['commit']}")
+        cost = bf16_cost(REPO / folder)
+        costs = read_records(records_path, "bf16_cost")
+        if cost is not None and not any(c["rows"] == cost["rows"] for c in costs):
+            _write_records(records_path, [*costs, {"preset": preset, "arch": arch, "folder": folder,
+                                                   "reported": date, **cost}], "bf16_cost")
+            added.append(f"{folder}: bf16 cost of {len(cost['rows'])} twins")
+    return added
+
+
+def main(argv: list[str]) -> int:
+    """``fullstudy.py record``: keep new measurements; ``fullstudy.py refresh RESULTS.json``: recompute that
+    file's full-study rows with its own ceiling and render RESULTS.md beside it."""
+    import datetime
+
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    if argv[:1] == ["record"]:
+        print("\n".join(record(date)) or "nothing new")
+        return 0
+    if argv[:1] == ["refresh"] and len(argv) == 2:
+        import render
+
+        path = Path(argv[1])
+        results = json.loads(path.read_text())
+        results["full_studies"] = full_studies(results["ceiling"]["used"]["fp32_all"], date)
+        path.write_text(json.dumps(results, indent=1) + "\n")  # as run.py writes it
+        render.render_file(path, path.with_suffix(".md"))
+        return 0
+    print("usage: fullstudy.py record | fullstudy.py refresh RESULTS.json", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

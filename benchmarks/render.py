@@ -346,7 +346,26 @@ def fullstudy_section(r: dict[str, Any]) -> list[str]:
             *_table(head, [_full_row(s) for s in studies]), "", *_full_sources(studies), "",
             "A full run takes an hour or more of both cores, so this command does not repeat them: each row's "
             "wall time is from its commit, which may predate the code measured in sections 2 and 3. Compare the "
-            "commit with the one at the top of this file.", ""]
+            "commit with the one at the top of this file.", "", *_bf16_cost_lines(studies)]
+
+
+def _bf16_cost_lines(studies: list[dict[str, Any]]) -> list[str]:
+    """The functional cost of bf16 training, where a full study's precision check measured it."""
+    out = []
+    for s in studies:
+        c = s.get("bf16_cost")
+        if not c:
+            continue
+        rows = [[r["setting"], f"{r['rfd']:.2f} [{r['rfd_ci'][0]:.2f}, {r['rfd_ci'][1]:.2f}]", r["verdict"],
+                 f"{100 * r['disagreement']:.2f}%", f"{r['accuracy_deviation_pct']:+.2f}"] for r in c["rows"]]
+        out += [f"**The functional cost of bf16 training** (`{s['flags']}` with `precision_check = true`, commit "
+                f"{c['commit']}, reported {c['reported']}): each bf16-trained model against the fp32 model of "
+                "its own seed (same initial weights, same data order), as RFD: its distance over the mean "
+                f"distance of independently trained fp32 models from the base ({100 * c['independent_mean']:.2f}% "
+                f"of the {c['num_test']:,} test inputs), 95% interval over test inputs.", "",
+                *_table(["bf16 twin of", "RFD [95% CI]", "verdict", "disagreement with its fp32 self",
+                         "acc. dev. %"], rows), ""]
+    return out
 
 
 def bf16_section(r: dict[str, Any]) -> list[str]:

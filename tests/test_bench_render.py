@@ -170,3 +170,21 @@ def test_a_bf16_measurement_renders_as_a_target_and_section_6(quick):
     assert f"{b['ceiling']['used']['bf16_1']:.1f} in bf16" in section
     # results measured before bf16.py existed render as they always did
     assert render.BF16_SECTION not in render.render(quick) and "bf16_speedup" not in str(run.targets(quick))
+
+
+def test_the_functional_cost_of_bf16_training_is_kept_once_and_rendered(tmp_path, quick):
+    from fullstudy import bf16_cost
+
+    row = {"method": "precision", "setting": "bf16 base", "rfd": 0.42, "rfd_ci": [0.3, 0.55], "verdict": "partial",
+           "disagreement": 0.0021, "accuracy_deviation_pct": -0.03, "role": "precision"}
+    summary = {"rows": [row, {**row, "method": "quantize", "setting": "8-bit"}], "num_test": 10000,
+               "reference": {"independent_mean": 0.005}, "setup": {"git_commits": ["abcdef0123"]}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    cost = bf16_cost(tmp_path)
+    assert [r["setting"] for r in cost["rows"]] == ["bf16 base"] and cost["commit"] == "abcdef0"
+    assert bf16_cost(tmp_path / "nowhere") is None
+    res = copy.deepcopy(quick)
+    res["full_studies"][0]["bf16_cost"] = {**cost, "reported": "2026-01-01 00:00 UTC"}
+    md = render.render(res)
+    assert "| bf16 base | 0.42 [0.30, 0.55] | partial | 0.21% | -0.03 |" in md
+    assert "The functional cost of bf16 training" not in render.render(quick)
