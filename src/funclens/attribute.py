@@ -76,7 +76,7 @@ def parse_compress(text: str) -> QuantCfg | PruneCfg:
 
     Example:
         >>> parse_compress("prune:0.5")
-        PruneCfg(amount=0.5, scope='layer')
+        PruneCfg(amount=0.5, scope='layer', last=True)
         >>> parse_compress("2-bit")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         funclens.errors.ConfigError: --compress must be 8-bit, 4-bit, 16-bit, bf16 or prune:AMOUNT ..., got '2-bit'
