@@ -74,6 +74,15 @@ def not_a_model(model, calibration):
 
 def wrong_head(model, calibration):
     return nn.Sequential(model, nn.Linear(10, 3))
+
+
+def nan_logits(model, calibration):
+    model.fc2.bias.data.fill_(float("nan"))
+    return model
+
+
+def exits(model, calibration):
+    raise SystemExit(0)
 '''
 
 STUDY = """name = "mine"
@@ -140,6 +149,9 @@ def test_the_compressor_gets_a_copy_and_the_calibration_images_and_its_info_is_m
     ("mycomp:not_a_model", ("returned a OrderedDict, not a torch.nn.Module",)),
     ("mycomp:wrong_head", ("the model it returned gives [32, 3] on the calibration images, not logits [32, 10]",)),
     ("mycomp:nothing", ("custom compressor 'bad' (mycomp:nothing): mycomp has no function nothing",)),
+    ("mycomp:nan_logits", ("gives NaN or infinite logits on the calibration images",)),
+    # an exit inside the user's code must not end a study as if it had finished
+    ("mycomp:exits", ("custom compressor 'bad' (mycomp:exits) raised SystemExit: 0",)),
 ])
 def test_a_compressor_that_fails_or_returns_no_fitting_model_is_one_line(mods, fn, needles):
     model, cal = digits_model()

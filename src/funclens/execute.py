@@ -217,6 +217,8 @@ def _compress_run(spec: RunSpec, ctx: RunContext, store: Store, data: Dataset) -
     precision = parent.precision if parent is not None and plain_layers else "fp32"
     # torch's quantized modules run on the CPU only
     probs, m = evaluate(cmodel, data, device="cpu", channels_last=ctx.channels_last, precision=precision)
+    if not np.isfinite(probs).all():  # a compressor that breaks the arithmetic: no row is better than a NaN one
+        raise ConfigError(f"{rid}: the compressed model gives NaN or infinite outputs on the test set")
     store.save_preds(rid, 0, probs)
     store.finish(rid, state_dict=cmodel.state_dict() if info.loadable else None, packed=info.packed,
                  metrics={**m, **info.to_json(), "device": "cpu", "precision": precision,

@@ -128,13 +128,15 @@ def _logits(model: nn.Module, x: torch.Tensor, want: torch.Size, what: str) -> t
     try:
         with torch.no_grad():
             out = model.eval()(x)
-    except Exception as e:  # the user's model: bad input, one line
+    except (Exception, SystemExit) as e:  # the user's model: bad input, one line
         raise ConfigError(f"{what}: the model it returned fails on the calibration images {list(x.shape)} "
                           f"({_why(e)})") from None
     if not isinstance(out, torch.Tensor) or out.shape != want:
         got = list(out.shape) if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
         raise ConfigError(f"{what}: the model it returned gives {got} on the calibration images, not logits "
                           f"{list(want)} (images x classes)")
+    if not torch.isfinite(out).all():
+        raise ConfigError(f"{what}: the model it returned gives NaN or infinite logits on the calibration images")
     return out.float()
 
 
@@ -193,7 +195,7 @@ def _custom(model: nn.Module, cfg: CustomCfg,
     twin = copy.deepcopy(model)  # the study's architecture with the original weights, before fn may edit them
     try:
         out = fn(model, x.clone())  # a copy: a compressor that edits its images leaves the check's alone
-    except Exception as e:  # the user's code: bad input, one line
+    except (Exception, SystemExit) as e:  # the user's code: bad input, one line (an exit too: not a finished study)
         raise ConfigError(f"{what} raised {_why(e)}") from None
     if not isinstance(out, nn.Module):
         raise ConfigError(f"{what} returned a {type(out).__name__}, not a torch.nn.Module")
