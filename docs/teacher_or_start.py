@@ -189,6 +189,8 @@ def _lr_panel(ax, entries: list[Entry]) -> None:
 
 
 def _epoch_panel(ax, e: Entry) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     lo, hi = _band(e)
     ax.axhspan(lo, hi, color=ROLES["independent"].colour, alpha=0.2)
     for role, name in KINDS:
@@ -200,6 +202,7 @@ def _epoch_panel(ax, e: Entry) -> None:
         ax.fill_between(epochs, c[:, 1], c[:, 2], color=ROLES[role].colour, alpha=0.15)
     ax.set_title(e.label, fontsize=9)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def figure(dataset: str, entries: list[Entry], path: Path) -> Path:
@@ -213,7 +216,7 @@ def figure(dataset: str, entries: list[Entry], path: Path) -> Path:
     from matplotlib.figure import Figure
 
     n = len(entries)
-    fig = Figure(figsize=(max(8.0, 3.0 * n), 8.0))
+    fig = Figure(figsize=(max(8.0, 3.0 * n), 8.0), layout="constrained")
     grid = fig.add_gridspec(2, n)
     _lr_panel(fig.add_subplot(grid[0, :]), entries)
     first = None

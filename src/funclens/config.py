@@ -833,6 +833,13 @@ def reference_markdown() -> str:
                     *_reference_rows(type(f.default))]
     out += ["", "`[[custom]]`: one table per compressor of your own (`custom` above)", "", *head,
             *_reference_rows(CustomCfg)]
+    out += ["", "`[[sweep]]`: one table per study of a sweep: each entry is the file's study with the entry's keys "
+            "over it, named `<name>-<label>` and stored in `OUT/<label>`; `funclens study` runs them one after "
+            "another and writes a combined report in `OUT`", "", *head,
+            "| `label` | str | (required) | the entry's name: letters, digits, '.', '_' or '-' |",
+            "| any other key | | the file's | a key or table of the study (not name or preset) that this entry "
+            "changes: `train = { recipe = \"adam\" }`, `distill = { alphas = [0.5] }`; a table's keys replace "
+            "those keys only |"]
     return "\n".join(out) + "\n"
 
 
