@@ -915,9 +915,10 @@ _NOT_IN_SWEEP = ("name", "preset", "sweep")
 class StudySet:
     """The studies of one study file: one, or one per ``[[sweep]]`` entry."""
 
-    name: str  # the file's study name: the default output folder is results/<name>
-    studies: tuple[StudyCfg, ...]
-    labels: tuple[str, ...] = ()  # a sweep's entry labels, one per study, each its folder under the output
+    name: str = field(metadata={"help": "the file's study name: the default output folder is results/NAME"})
+    studies: tuple[StudyCfg, ...] = field(metadata={"help": "the studies, in the file's order"})
+    labels: tuple[str, ...] = field(default=(), metadata={
+        "help": "a sweep's entry labels, one per study, each its folder under the output; none for one study"})
 
     def folders(self, out: Path) -> list[Path]:
         """Where each study is stored under ``out``: ``out`` itself for one study, ``out/<label>`` in a sweep."""
