@@ -83,7 +83,9 @@ class Entry:
         rows = self.rows(role)
         if role != "student" or not rows:
             return rows[0] if rows else None
-        at = next((r["setting"].split()[0] for k in ("control", "fresh") for r in self.rows(k)), "alpha=0.5")
+        # the controls' settings read "control alpha=0.5" and "alpha=0.5 (fresh start)"
+        words = [w for k in ("control", "fresh") for r in self.rows(k) for w in r["setting"].split()]
+        at = next((w for w in words if w.startswith("alpha=")), "alpha=0.5")
         return next((r for r in rows if r["setting"] == at), rows[len(rows) // 2])
 
     def members(self, row: dict) -> list[RunView]:
@@ -340,7 +342,20 @@ def section(by_data: dict[str, list[Entry]], figures: dict[str, Path], doc: Path
 
 
 def write_doc(doc: Path, body: str) -> None:
-    """Replace the section between the markers of ``doc``, or append it where they are missing."""
+    """Replace the section between the markers of ``doc``, or append it where they are missing.
+
+    Args:
+        doc: the Markdown document (made when missing).
+        body: the section, markers included (:func:`section`).
+
+    Example:
+        >>> import tempfile
+        >>> doc = Path(tempfile.mkdtemp()) / "R.md"
+        >>> for n in (1, 2):
+        ...     write_doc(doc, f"{BEGIN}\\nrun {n}\\n{END}\\n")
+        >>> doc.read_text().count(BEGIN), "run 2" in doc.read_text(), "run 1" in doc.read_text()
+        (1, True, False)
+    """
     text = doc.read_text() if doc.is_file() else ""
     if BEGIN in text and END in text and text.index(BEGIN) < text.index(END):
         text = text[:text.index(BEGIN)] + body.rstrip("\n") + text[text.index(END) + len(END):]

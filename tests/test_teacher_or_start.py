@@ -126,6 +126,24 @@ def test_the_figure_and_tables_show_every_kind_and_the_section_is_replaced_in_pl
     assert len(split_rows) == 2 and all("alpha=0.5" in line for line in split_rows)
 
 
+def _script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("teacher_or_start", REPO / "docs" / "teacher_or_start.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module   # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_figures_students_are_at_the_controls_alpha_whatever_the_grids_order():
+    rows = [{"role": "student", "setting": f"alpha={a}"} for a in ("0.5", "0.9", "0.1")]
+    rows += [{"role": "control", "setting": "control alpha=0.5"}, {"role": "fresh", "setting": "alpha=0.5 (fresh start)"}]
+    entry = _script().Entry({"rows": rows}, view=None)
+    assert entry.kind_row("student")["setting"] == "alpha=0.5"
+    assert entry.kind_row("fresh")["setting"] == "alpha=0.5 (fresh start)" and entry.kind_row("start") is None
+
+
 def test_the_script_refuses_a_folder_without_studies(tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "docs" / "teacher_or_start.py"), str(tmp_path), "--doc",
                         str(tmp_path / "d.md")], capture_output=True, text=True, timeout=120)
