@@ -138,7 +138,8 @@ def _script():
 
 def test_the_figures_students_are_at_the_controls_alpha_whatever_the_grids_order():
     rows = [{"role": "student", "setting": f"alpha={a}"} for a in ("0.5", "0.9", "0.1")]
-    rows += [{"role": "control", "setting": "control alpha=0.5"}, {"role": "fresh", "setting": "alpha=0.5 (fresh start)"}]
+    rows += [{"role": "control", "setting": "control alpha=0.5"},
+             {"role": "fresh", "setting": "alpha=0.5 (fresh start)"}]
     entry = _script().Entry({"rows": rows}, view=None)
     assert entry.kind_row("student")["setting"] == "alpha=0.5"
     assert entry.kind_row("fresh")["setting"] == "alpha=0.5 (fresh start)" and entry.kind_row("start") is None
