@@ -46,7 +46,7 @@ def test_parents_come_first_and_every_compression_starts_from_the_base(quick):
 def test_every_planned_role_is_in_the_roles_table_with_distinct_letters_and_colours(quick):
     study = dataclasses.replace(quick, prune_global=(0.5,), precision_check=True, finetune_epochs=1,
                                 custom=(CustomCfg("mine", "mynets:squeeze"),), noise=(1.0,),
-                                distill=dataclasses.replace(quick.distill, no_teacher=True))
+                                distill=dataclasses.replace(quick.distill, no_teacher=True, fresh_student=True))
     assert {r.role for r in plan(study)} == set(ROLES)
     assert len({r.letter for r in ROLES.values()}) == len({r.colour for r in ROLES.values()}) == len(ROLES)
     assert [ROLES[k].method for k in ("student", "control", "quantize", "prune")] == [

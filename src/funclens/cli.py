@@ -30,7 +30,8 @@ import typer
 
 from funclens import paths
 from funclens.config import (DATASETS, MAX_EPOCHS, PRESET_ARCHS, ConfigError, FunclensError, ModelCfg, StudyCfg,
-                             canonical_json, load_study_toml, preset_study)
+                             StudySet, canonical_json, load_studies_toml,
+                             preset_study)
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="Is the compressed model still the same function as the original?")
@@ -44,15 +45,25 @@ def _err(msg: str) -> None:
 def _resolve_studies(toml: Optional[Path], preset: Optional[str], dataset: Optional[str], arch: Optional[str],
                      epochs: Optional[int], train_subset: Optional[int], test_subset: Optional[int],
                      allow_modified_data: bool = False) -> tuple[str, list[StudyCfg]]:
-    """The studies one command runs (one per architecture of a multi-architecture preset), and the name of
-    their default output folder: the preset's or study file's name, or, when a flag changed what the preset or
-    file asks for, ``<name>-reduced-<8 hex of the changed studies' canonical config>``, so that a reduced run
-    never mixes with the full one."""
+    """The studies one command runs (one per architecture of a multi-architecture preset, one per entry of a
+    study file's ``[[sweep]]``), and the name of their default output folder: the preset's or study file's name,
+    or, when a flag changed what the preset or file asks for, ``<name>-reduced-<8 hex of the changed studies'
+    canonical config>``, so that a reduced run never mixes with the full one."""
+    name, studies, _labels = _resolve(toml, preset, dataset, arch, epochs, train_subset, test_subset,
+                                      allow_modified_data)
+    return name, studies
+
+
+def _resolve(toml: Optional[Path], preset: Optional[str], dataset: Optional[str], arch: Optional[str],
+             epochs: Optional[int], train_subset: Optional[int], test_subset: Optional[int],
+             allow_modified_data: bool = False) -> tuple[str, list[StudyCfg], tuple[str, ...]]:
+    """:func:`_resolve_studies`, with a sweep's entry labels (empty for a preset or a file of one study)."""
+    labels: tuple[str, ...] = ()
     if toml is not None:
         if preset:
             raise ConfigError("give a study file or --preset, not both")
-        bases = [load_study_toml(toml)]
-        name = bases[0].name
+        found = load_studies_toml(toml)
+        bases, name, labels = list(found.studies), found.name, found.labels
     else:
         name = preset or "quick"
         if name not in PRESET_ARCHS:
@@ -86,7 +97,7 @@ def _resolve_studies(toml: Optional[Path], preset: Optional[str], dataset: Optio
     if changed:
         digest = hashlib.sha256("\n".join(canonical_json(s) for s in studies).encode()).hexdigest()[:8]
         name = f"{name}-reduced-{digest}"
-    return name, studies
+    return name, studies, labels
 
 
 # The architectures funclens registers itself, for the help text: listing the registry there would import torch
@@ -146,7 +157,7 @@ def study(
     from funclens.execute import RunContext, resolve_device
     from funclens.study import run_study
 
-    name, studies = _resolve_studies(study_file, preset, dataset, arch, epochs, train_subset, test_subset,
+    name, studies, labels = _resolve(study_file, preset, dataset, arch, epochs, train_subset, test_subset,
                                      allow_modified_data)
     if executor not in ("local", "ray"):
         raise ConfigError(f"--executor must be local or ray, got {executor!r}")
@@ -155,12 +166,14 @@ def study(
     out = out or Path("results") / name
     # A Ray driver may have no GPU while its workers do: there `cuda` is checked by each task instead.
     dev = "cuda" if (executor == "ray" and device == "cuda") else resolve_device(device)
-    outs = [out] if len(studies) == 1 else [out / s.model.arch for s in studies]
+    # a sweep's entries go one folder each, by label, even when there is one; a preset's architectures by name
+    outs = (StudySet(name, tuple(studies), labels).folders(out) if labels else [out] if len(studies) == 1
+            else [out / s.model.arch for s in studies])
     for s, o in zip(studies, outs):
         ctx = RunContext(out=str(o), data_dir=str(data_dir) if data_dir else None, offline=offline, device=dev,
                          channels_last=channels_last)
         run_study(s, ctx, jobs=jobs, executor=executor, ray_address=ray_address, wait=wait, report=report)
-    if len(studies) > 1 and report:
+    if len(outs) > 1 and report:
         from funclens.report import build_combined_report
 
         html = build_combined_report(out, outs)

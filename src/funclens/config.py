@@ -624,6 +624,10 @@ class DistillGrid:
         "help": "also train, for each seed, a model from the base's initial weights with alpha 0 and no teacher "
                 "(rows 'alpha=0 (no teacher)'): what the shared start gives without distillation; none with a "
                 "given base, which has no initial weights"})
+    fresh_student: bool = field(default=False, metadata={
+        "help": "also train one student from fresh weights (its own seed's initial weights, not the base's), "
+                "alpha 0.5 (or the middle alpha), the first seed (row 'alpha=0.5 (fresh start)'): the same "
+                "teacher without the shared start; none when every student starts fresh already"})
 
     def __post_init__(self) -> None:
         for a in self.alphas:
@@ -638,6 +642,8 @@ class DistillGrid:
                f"temperature must be a finite number > 0, got {self.temperature}")
         _check(self.init in ("base-init", "fresh"), f"init must be base-init or fresh, got {self.init!r}")
         _check(isinstance(self.no_teacher, bool), f"no_teacher must be true or false, got {self.no_teacher!r}")
+        _check(isinstance(self.fresh_student, bool),
+               f"fresh_student must be true or false, got {self.fresh_student!r}")
 
 
 @dataclass(frozen=True)
@@ -770,7 +776,8 @@ class StudyCfg:
                    + len(self.custom) + len(self.noise)) * (len(self.seeds) if self.compress_all_seeds else 1)
         runs = (len(self.seeds) * (1 + self.precision_check) + len(self.base.independents)
                 + len(g.alphas) * len(g.seeds) + int(g.control and bool(g.alphas) and bool(g.seeds))
-                + len(g.seeds) * g.no_teacher + posthoc)
+                + len(g.seeds) * g.no_teacher + int(g.fresh_student and bool(g.alphas) and bool(g.seeds))
+                + posthoc)
         _check(runs <= MAX_RUNS, f"the study has {runs} runs, over the limit of {MAX_RUNS}")
 
     def replace(self, **changes: Any) -> "StudyCfg":
@@ -826,6 +833,13 @@ def reference_markdown() -> str:
                     *_reference_rows(type(f.default))]
     out += ["", "`[[custom]]`: one table per compressor of your own (`custom` above)", "", *head,
             *_reference_rows(CustomCfg)]
+    out += ["", "`[[sweep]]`: one table per study of a sweep: each entry is the file's study with the entry's keys "
+            "over it, named `<name>-<label>` and stored in `OUT/<label>`; `funclens study` runs them one after "
+            "another and writes a combined report in `OUT`", "", *head,
+            "| `label` | str | (required) | the entry's name: letters, digits, '.', '_' or '-' |",
+            "| any other key | | the file's | a key or table of the study (not name or preset) that this entry "
+            "changes: `train = { recipe = \"adam\" }`, `distill = { alphas = [0.5] }`; a table's keys replace "
+            "those keys only |"]
     return "\n".join(out) + "\n"
 
 
@@ -850,8 +864,33 @@ def read_study_text(path: Path) -> str:
         raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
+def _read_toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(read_study_text(path))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+
+
+def _study_from_tables(raw: dict, entry: dict | None = None) -> StudyCfg:
+    """The study of a file's top-level ``raw`` tables, then a sweep ``entry``'s over them: each table merges
+    key by key into the one below it, and a ``[train] recipe`` expands over the train table below it."""
+    raw = dict(raw)
+    preset = raw.pop("preset", None)
+    _check(preset is None or isinstance(preset, str), f"preset: expected a string, got {preset!r}")
+    merged = to_dict(preset_study(preset) if preset else StudyCfg())
+    for layer in (raw, entry or {}):
+        layer = dict(layer)
+        if "train" in layer:
+            layer["train"] = _expand_recipe(layer["train"], merged.get("train"))
+        for k, v in layer.items():
+            merged[k] = {**merged[k], **v} if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    return from_dict(StudyCfg, merged)
+
+
 def load_study_toml(path: Path) -> StudyCfg:
     """Read a study from TOML; its tables mirror StudyCfg (``[data]``, ``[train]``, ``[distill]``...).
+
+    A file with ``[[sweep]]`` entries holds several studies: :func:`load_studies_toml` reads it.
 
     Args:
         path: the study file; ``preset = "NAME"`` in it starts from that preset.
@@ -863,22 +902,81 @@ def load_study_toml(path: Path) -> StudyCfg:
         >>> load_study_toml(p).seeds
         (0, 5)
     """
-    try:
-        raw = tomllib.loads(read_study_text(path))
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    preset = raw.pop("preset", None)
-    _check(preset is None or isinstance(preset, str), f"preset: expected a string, got {preset!r}")
-    base = preset_study(preset) if preset else StudyCfg()
-    merged = to_dict(base)
-    if "train" in raw:
-        raw["train"] = _expand_recipe(raw["train"], merged.get("train"))
-    for k, v in raw.items():
-        if isinstance(v, dict) and isinstance(merged.get(k), dict):
-            merged[k] = {**merged[k], **v}
-        else:
-            merged[k] = v
-    return from_dict(StudyCfg, merged)
+    raw = _read_toml(path)
+    _check("sweep" not in raw, f"{path} is a sweep of several studies ([[sweep]]): read it with load_studies_toml")
+    return _study_from_tables(raw)
+
+
+# A sweep entry's keys besides its label: any of the study's own, except those naming the study as a whole.
+_NOT_IN_SWEEP = ("name", "preset", "sweep")
+
+
+@dataclass(frozen=True)
+class StudySet:
+    """The studies of one study file: one, or one per ``[[sweep]]`` entry."""
+
+    name: str = field(metadata={"help": "the file's study name: the default output folder is results/NAME"})
+    studies: tuple[StudyCfg, ...] = field(metadata={"help": "the studies, in the file's order"})
+    labels: tuple[str, ...] = field(default=(), metadata={
+        "help": "a sweep's entry labels, one per study, each its folder under the output; none for one study"})
+
+    def folders(self, out: Path) -> list[Path]:
+        """Where each study is stored under ``out``: ``out`` itself for one study, ``out/<label>`` in a sweep."""
+        return [Path(out) / label for label in self.labels] if self.labels else [Path(out)]
+
+
+def _sweep_entry(entry: Any, names: set[str]) -> tuple[str, dict]:
+    """(label, tables) of one ``[[sweep]]`` entry, checked."""
+    _check(isinstance(entry, dict), f"sweep: each entry is a table ([[sweep]]), got {entry!r}")
+    tables = dict(entry)
+    label = tables.pop("label", None)
+    _check(isinstance(label, str) and NAME_RE.fullmatch(label) is not None,
+           f"sweep: each entry needs a label of letters, digits, '.', '_' or '-' (its study's name and folder), "
+           f"got {label!r}")
+    _check(label not in names, f"sweep lists the label {label} twice")
+    bad = sorted(set(tables) & set(_NOT_IN_SWEEP))
+    _check(not bad, f"sweep entry {label}: {', '.join(bad)} apply to the whole file, not to one entry")
+    return label, tables
+
+
+def load_studies_toml(path: Path) -> StudySet:
+    """Read every study of a study file. Without ``[[sweep]]``: the one study :func:`load_study_toml` reads.
+    With it: one study per entry, the file's tables with the entry's over them (a key of an entry's table
+    replaces that key only; ``[sweep.train] recipe`` expands over the file's train table), named
+    ``<name>-<label>``.
+
+    Args:
+        path: the study file.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "s.toml"
+        >>> _ = p.write_text('name = "lr"\\n[train]\\nepochs = 2\\n[[sweep]]\\nlabel = "slow"\\n'
+        ...                  '[sweep.train]\\nlr = 0.001\\n[[sweep]]\\nlabel = "adam"\\ntrain = { recipe = "adam" }\\n')
+        >>> ss = load_studies_toml(p)
+        >>> [(s.name, s.train.optimizer, s.train.lr, s.train.epochs) for s in ss.studies]
+        [('lr-slow', 'sgd', 0.001, 2), ('lr-adam', 'adam', 0.001, 2)]
+        >>> [str(f) for f in ss.folders(Path("out"))]
+        ['out/slow', 'out/adam']
+    """
+    raw = _read_toml(path)
+    sweep = raw.pop("sweep", None)
+    if sweep is None:
+        study = _study_from_tables(raw)
+        return StudySet(study.name, (study,))
+    _check(isinstance(sweep, list) and 1 <= len(sweep) <= MAX_LIST,
+           f"sweep: expected 1 to {MAX_LIST} [[sweep]] tables, got {sweep!r:.80}")
+    name = _study_from_tables(raw).name  # the file's own tables alone must make a study
+    labels: list[str] = []
+    studies = []
+    for entry in sweep:
+        label, tables = _sweep_entry(entry, set(labels))
+        try:
+            studies.append(_study_from_tables({**raw, "name": f"{name}-{label}"}, tables))
+        except ConfigError as e:
+            raise ConfigError(f"sweep entry {label}: {e}") from None
+        labels.append(label)
+    return StudySet(name, tuple(studies), tuple(labels))
 
 
 # ---------------------------------------------------------------- presets

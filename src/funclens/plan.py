@@ -1,7 +1,7 @@
 """StudyCfg -> the runs it needs, with their parents: a small DAG, listed parents first.
 
 Example:
-    >>> from funclens.config import preset_study
+    >>> from funclens.config import DistillGrid, preset_study
     >>> runs = plan(preset_study("quick"))
     >>> [r.role for r in runs][:3]
     ['base', 'independent', 'independent']
@@ -15,6 +15,9 @@ Example:
     >>> pop = plan(preset_study("quick").replace(quantize=("8-bit",), prune=(), compress_all_seeds=True))
     >>> [(r.role, r.setting, r.seed) for r in pop if r.role == "quantize"]
     [('quantize', '8-bit', None), ('quantize', '8-bit', 1), ('quantize', '8-bit', 2)]
+    >>> fresh = plan(preset_study("quick").replace(distill=DistillGrid(fresh_student=True)))
+    >>> [(r.setting, r.seed, r.spec.distill.init) for r in fresh if r.role == "fresh"]
+    [('alpha=0.5 (fresh start)', 2, 'fresh')]
 """
 
 from __future__ import annotations
@@ -42,12 +45,14 @@ class Role:
 # distilled like the others, but from an independent model instead of the base. F marks the bf16-trained
 # twins of a study's precision check: each is compared with the fp32 model of its own seed. S marks the
 # no-teacher control (the base's initial weights, alpha 0: what the start gives without a teacher), N the base
-# with Gaussian weight noise on the scale of 8-bit rounding (the line between rounding and a new function).
+# with Gaussian weight noise on the scale of 8-bit rounding (the line between rounding and a new function). W marks
+# the fresh-start student: taught by the base like the others, but from its own seed's initial weights.
 ROLES: dict[str, Role] = {r.name: r for r in (
     Role("base", "base", "B", "black", "base"),
     Role("independent", "independent", "I", "tab:blue", "independent"),
     Role("student", "distill", "D", "tab:green", "distillation"),
     Role("control", "distill", "C", "tab:olive", "control student"),
+    Role("fresh", "distill", "W", "gold", "fresh-start student"),
     Role("quantize", "quantize", "Q", "tab:red", "quantization"),
     Role("prune", "prune", "P", "tab:purple", "pruning"),
     Role("finetune", "prune", "R", "tab:pink", "pruned + fine-tuned"),
@@ -57,6 +62,7 @@ ROLES: dict[str, Role] = {r.name: r for r in (
     Role("noise", "noise", "N", "tab:gray", "noise floor"),
 )}
 NO_TEACHER = "alpha=0 (no teacher)"  # the no-teacher control's setting
+FRESH_START = "(fresh start)"  # ends the fresh-start student's setting: "alpha=0.5 (fresh start)"
 
 
 @dataclass(frozen=True)
@@ -133,14 +139,18 @@ def plan(study: StudyCfg) -> list[PlannedRun]:
         for s in g.seeds:
             d = DistillCfg(teacher=base.run_id, alpha=alpha, temperature=g.temperature, init=init)
             runs.append(PlannedRun(trained(s, d), "student", f"alpha={alpha:g}", s))
+    alpha = (0.5 if 0.5 in g.alphas else g.alphas[len(g.alphas) // 2]) if g.alphas else None
     if g.control and g.alphas and g.seeds:
         # Same recipe, but the teacher is an independent model: if a base student is no nearer the
         # base than this one is, distilling from the base transferred nothing specific to it.
         indep = runs[1].spec
-        alpha = 0.5 if 0.5 in g.alphas else g.alphas[len(g.alphas) // 2]
         d = DistillCfg(teacher=indep.run_id, alpha=alpha, temperature=g.temperature, init=init,
                        init_run=base.run_id if init == "base-init" else "")
         runs.append(PlannedRun(trained(g.seeds[0], d), "control", f"alpha={alpha:g}", g.seeds[0]))
+    if g.fresh_student and init == "base-init" and g.alphas and g.seeds:
+        # The same teacher without the shared start: with init = fresh every student is this one already.
+        d = DistillCfg(teacher=base.run_id, alpha=alpha, temperature=g.temperature, init="fresh")
+        runs.append(PlannedRun(trained(g.seeds[0], d), "fresh", f"alpha={alpha:g} {FRESH_START}", g.seeds[0]))
     if start:
         # the base's own initial weights, the student's seed (so another data order), plain cross-entropy
         for s in g.seeds:

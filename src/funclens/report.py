@@ -314,6 +314,9 @@ def _row_sentence(r: dict, n_test: int, pairs: int) -> str:
     elif r.get("role") == "start":
         words = _WORDS[r["verdict"]] + " with no teacher at all: what the shared start alone keeps"
         name = "no-teacher control (the base's initial weights, another data order, alpha 0)"
+    elif r.get("role") == "fresh":
+        words = _WORDS[r["verdict"]] + " from its own initial weights: what the teacher gives without the shared start"
+        name = f"fresh-start student ({r['setting'].removesuffix(' (fresh start)')}, its own seed's initial weights)"
     elif r.get("role") == "noise":
         words = _WORDS[r["verdict"]] + " (a noise floor, not a compression)"
         name = f"noise floor {r['setting']} (Gaussian weight noise, {r['setting']} the 8-bit error)"
@@ -422,6 +425,7 @@ _SETUP_NAMES = {"data_content_sha256": "data content (sha256)", "batch_size": "b
                 "lr": "learning rate", "weight_decay": "weight decay", "distill_alphas": "distillation alphas",
                 "distill_seeds": "student seeds", "temperature": "distillation T", "distill_init": "student init",
                 "distill_control": "random control", "distill_no_teacher": "no-teacher control",
+                "distill_fresh_student": "fresh-start student",
                 "noise": "noise floor (x 8-bit error)", "prune_global": "global pruning",
                 "funclens_versions": "funclens version of the runs", "git_commits": "git commit of the runs",
                 "changed_from_preset": "changed from the preset", "recipe": "training recipe (by its values)",
@@ -608,15 +612,18 @@ def build_report(out: Path) -> Path:
 
 
 def build_combined_report(out: Path, study_dirs: list[Path]) -> Path:
-    """One report over several studies (one per architecture), with a row per architecture."""
+    """One report over several studies (one per architecture, or per entry of a sweep), with a row per study."""
     out = Path(out)
     summaries = [json.loads(paths.summary_file(d).read_text()) for d in study_dirs]
     acc_md, dist_md = write_tables(out, summaries)
-    sentences = [f"[{s['arch']}] {t}" for s in summaries for t in verdict_sentences(s)]
-    figs = [f for d, s in zip(study_dirs, summaries) for f in _figure_list(d, prefix=f"{s['arch']}: ")]
+    # studies of one architecture (a sweep's) are told apart by name
+    by_arch = len({s["arch"] for s in summaries}) == len(summaries)
+    names = [s["arch"] if by_arch else s.get("study", s["arch"]) for s in summaries]
+    sentences = [f"[{n}] {t}" for n, s in zip(names, summaries) for t in verdict_sentences(s)]
+    figs = [f for d, n in zip(study_dirs, names) for f in _figure_list(d, prefix=f"{n}: ")]
     atomic_write_text(paths.summary_file(out), json.dumps({"studies": summaries}, indent=2, allow_nan=False))
     intro = (f"{len(summaries)} studies on {summaries[0]['dataset']}: "
-             + ", ".join(f"{s['arch']} (base {100 * s['base']['accuracy']:.2f}%)" for s in summaries) + ".")
+             + ", ".join(f"{n} (base {100 * s['base']['accuracy']:.2f}%)" for n, s in zip(names, summaries)) + ".")
     reduced = any(reduced_note(s) for s in summaries)
     return write_documents(out, f"funclens report: {summaries[0]['dataset']}" + (" (REDUCED)" if reduced else ""),
                            intro, summaries, acc_md, dist_md, sentences, figs)

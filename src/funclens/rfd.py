@@ -292,6 +292,70 @@ def population_rfd_hierarchical(members: Sequence[tuple[np.ndarray, np.ndarray, 
     return float(_ratio(np.mean(nums), np.mean(dens))), _percentile_ci(_ratio(boot_num, boot_den), ci)
 
 
+@dataclass(frozen=True)
+class RFDDifference:
+    """``RFD(a) - RFD(b)`` of two sets of models against one base and yardstick, with its bootstrap interval."""
+
+    difference: float
+    ci: tuple[float, float]
+    rfd_a: float
+    rfd_b: float
+    paired: bool   # both RFDs of a replicate on the same resampled inputs (common random numbers)
+    n_boot: int
+
+
+def _rfd_replicates(terms: np.ndarray, k: int, metric: str, n_boot: int, seed: int) -> tuple[float, np.ndarray]:
+    """(point RFD, its ``[n_boot]`` replicates) of ``terms`` [models..., independents...] (k models first)."""
+    point = _finish(metric, terms.mean(axis=1))
+    boot = _finish(metric, _boot_means(terms, n_boot, seed))
+    return float(_ratio(point[:k].mean(), point[k:].mean())), _ratio(boot[:, :k].mean(axis=1),
+                                                                     boot[:, k:].mean(axis=1))
+
+
+def rfd_difference(base: np.ndarray, models_a: Preds, models_b: Preds, independents: Preds, *,
+                   metric: str = "disagreement", n_boot: int = N_BOOT, seed: int = SEED, ci: float = CI,
+                   paired: bool = True) -> RFDDifference:
+    """How much nearer to the base ``models_b`` are than ``models_a``, as ``RFD(a) - RFD(b)``, with a percentile
+    bootstrap interval over test inputs.
+
+    Paired (the default), each replicate computes both RFDs on the same resampled inputs, the very inputs of
+    :func:`rfd`'s replicate of that number: what the inputs make hard for both cancels in the difference, so
+    the interval is that of the difference, not of two independent measurements. ``paired=False`` resamples
+    the two apart (another seed for ``b``), the interval one would get from two separate studies.
+
+    Args:
+        base: ``[N, C]`` probabilities of the base model.
+        models_a: one model ``[N, C]`` or several (their mean distance enters), e.g. a no-teacher control.
+        models_b: likewise, e.g. the students taught by the base.
+        independents: the yardstick, shared by both.
+        metric: one of :data:`funclens.metrics.METRICS`.
+        n_boot: bootstrap replicates.
+        seed: seeds the resampling of inputs.
+        ci: coverage of the two-sided interval.
+        paired: resample both with the same inputs.
+
+    Returns:
+        an :class:`RFDDifference`.
+
+    Example:
+        >>> eye = np.eye(4)
+        >>> d = rfd_difference(eye, eye[[0, 1, 0, 0]], eye[[0, 1, 2, 0]], [eye[[1, 0, 3, 2]]], n_boot=200)
+        >>> d.rfd_a, d.rfd_b, d.difference, d.ci      # a and b differ on input 2 alone: its share of a resample
+        (0.5, 0.25, 0.25, (0.0, 0.75))
+    """
+    check_metric(metric)
+    _check_args(n_boot, ci)
+    a, b = _as_list(models_a, "compared"), _as_list(models_b, "compared")
+    inds = [_terms(base, i, metric) for i in _as_list(independents, "independent")]
+    ra, boot_a = _rfd_replicates(np.stack([_terms(base, m, metric) for m in a] + inds), len(a), metric,
+                                 int(n_boot), seed)
+    rb, boot_b = _rfd_replicates(np.stack([_terms(base, m, metric) for m in b] + inds), len(b), metric,
+                                 int(n_boot), seed if paired else seed + 1)
+    with np.errstate(invalid="ignore"):   # inf - inf where a replicate's yardstick is 0: dropped as nan
+        diffs = boot_a - boot_b
+    return RFDDifference(float(ra - rb), _percentile_ci(diffs, ci), ra, rb, paired, int(n_boot))
+
+
 def verdict(rfd_ci: Sequence[float], preserve_below: float = PRESERVE_BELOW,
             independent_above: float = INDEPENDENT_ABOVE) -> str:
     """Classify a model from its RFD interval: one of :data:`VERDICTS`.

@@ -22,7 +22,7 @@ from funclens.rfd import (CI, INDEPENDENT_ABOVE, N_BOOT, PRESERVE_BELOW, SEED, i
 from funclens.store import Store, StoreError
 
 # roles whose runs become rows compared with the base, in the order of ROLES
-COMPARED_ROLES = ("student", "control", "start", "quantize", "prune", "finetune", "noise", "custom")
+COMPARED_ROLES = ("student", "control", "fresh", "start", "quantize", "prune", "finetune", "noise", "custom")
 # roles of post-hoc runs: with compress_all_seeds, one per setting and per uncompressed model
 POSTHOC_ROLES = ("quantize", "prune", "finetune", "noise", "custom")
 # sizes a post-hoc run's metrics.json records, copied into its row
@@ -278,6 +278,7 @@ def setup(sv: StudyView) -> dict:
         "prune_last": st.prune_last,
         "distill_alphas": list(g.alphas), "distill_seeds": list(g.seeds), "temperature": g.temperature,
         "distill_init": g.init, "distill_control": g.control, "distill_no_teacher": g.no_teacher,
+        "distill_fresh_student": g.fresh_student,
         "noise": list(st.noise), "quantize": list(st.quantize),
         "prune": list(st.prune), "prune_global": list(st.prune_global),
         "prune_structured": list(st.prune_structured), "finetune_epochs": st.finetune_epochs,

@@ -1,0 +1,392 @@
+"""Is it the teacher or the start? Distillation's closeness to the base across recipes, split into what the
+shared initial weights give and what the teacher adds.
+
+Reads finished studies (each `funclens study` output: a sweep's folder of entries, or one study's folder), as
+docs/studies/teacher-or-start-cifar10.toml and teacher-or-start-mnist.toml make them, and writes:
+
+- per data set, the figure ``teacher-or-start-<dataset>.png``: RFD with its 95% interval of each kind of model
+  (students from the base's initial weights, the no-teacher control, the fresh-start student, the student of
+  an independent teacher) against the learning rate, one line per kind, the independent models' band shaded,
+  Adam as separate markers; below, the same against the epoch, one panel per recipe;
+- the table RFD [95% CI] per kind x recipe x data set;
+- the split per recipe: start = the no-teacher control's closeness (1 - RFD), teacher = what the students add
+  to it (RFD of the control minus RFD of the students), with a paired bootstrap interval of that difference;
+
+as a section of the document between ``<!-- teacher-or-start:start -->`` and ``<!-- teacher-or-start:end -->``
+(appended when the markers are missing), with the command, the commit and the time it took.
+
+Usage (from the repository root, once both studies have run):
+    funclens study docs/studies/teacher-or-start-cifar10.toml --out results/teacher-or-start-cifar10
+    funclens study docs/studies/teacher-or-start-mnist.toml --out results/teacher-or-start-mnist
+    PYTHONPATH=src .venv/bin/python docs/teacher_or_start.py results/teacher-or-start-cifar10 \\
+        results/teacher-or-start-mnist --doc docs/REPRODUCTION.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from funclens import paths
+from funclens.errors import FunclensError
+from funclens.plan import ROLES
+from funclens.rfd import rfd, rfd_difference
+from funclens.store import Store, atomic_write_bytes, atomic_write_text
+from funclens.summary import RunView, StudyView, load_study
+
+BEGIN, END = "<!-- teacher-or-start:start -->", "<!-- teacher-or-start:end -->"
+# The kinds of model compared, by role, in the order of lines and table rows. The students of the figure are
+# those at the alpha the controls use (0.5 in the issue's grid); the table lists every alpha.
+KINDS = (("student", "students, base's initial weights"), ("start", "no-teacher control"),
+         ("fresh", "fresh-start student"), ("control", "independent-teacher control"))
+# Bootstrap replicates per epoch point: 25 epochs x 4 kinds x 5 recipes of 10,000 inputs stay under a minute
+# of one core; the final epoch's interval in the table uses the studies' own 1,000.
+EPOCH_BOOT = 200
+
+
+@dataclass
+class Entry:
+    """One finished study of a sweep: its summary.json, its store's view, and its recipe."""
+
+    summary: dict
+    view: StudyView
+
+    @property
+    def setup(self) -> dict:
+        return self.summary["setup"]
+
+    @property
+    def adam(self) -> bool:
+        return self.setup["optimizer"] == "adam"
+
+    @property
+    def label(self) -> str:
+        s = self.setup
+        return f"Adam lr {s['lr']:g}" if self.adam else f"SGD lr {s['lr']:g}" + (
+            "" if s["momentum"] == 0.9 else f" momentum {s['momentum']:g}")
+
+    def rows(self, role: str) -> list[dict]:
+        return [r for r in self.summary["rows"] if r.get("role") == role]
+
+    def kind_row(self, role: str) -> dict | None:
+        """The row of ``role`` the figure shows: for the students, those at the controls' alpha."""
+        rows = self.rows(role)
+        if role != "student" or not rows:
+            return rows[0] if rows else None
+        # the controls' settings read "control alpha=0.5" and "alpha=0.5 (fresh start)"
+        words = [w for k in ("control", "fresh") for r in self.rows(k) for w in r["setting"].split()]
+        at = next((w for w in words if w.startswith("alpha=")), "alpha=0.5")
+        return next((r for r in rows if r["setting"] == at), rows[len(rows) // 2])
+
+    def members(self, row: dict) -> list[RunView]:
+        by_run = {r.run: r for r in self.view.runs}
+        return [by_run[rid] for rid in row["runs"]]
+
+
+def find_studies(folders: list[Path]) -> list[Path]:
+    """Every study folder under ``folders``: one holding study.json, or a sweep's folder of them.
+
+    Args:
+        folders: `funclens study` output folders.
+
+    Example:
+        >>> find_studies([Path("/nonexistent")])
+        Traceback (most recent call last):
+        funclens.errors.FunclensError: /nonexistent holds no study (no study.json)
+    """
+    out = []
+    for f in folders:
+        found = [f] if paths.study_file(f).is_file() else sorted(p.parent for p in f.glob("*/study.json"))
+        if not found:
+            raise FunclensError(f"{f} holds no study (no study.json)")
+        out += found
+    return out
+
+
+def load_entries(folders: list[Path]) -> dict[str, list[Entry]]:
+    """The finished studies by data set, SGD by learning rate first, then Adam.
+
+    Args:
+        folders: `funclens study` output folders (run `funclens report` first if summary.json is missing).
+    """
+    by_data: dict[str, list[Entry]] = {}
+    for f in find_studies(folders):
+        if not paths.summary_file(f).is_file():
+            raise FunclensError(f"{f} has no summary.json: run `funclens report {f}` first")
+        e = Entry(json.loads(paths.summary_file(f).read_text()), load_study(f))
+        by_data.setdefault(e.summary["dataset"], []).append(e)
+    for entries in by_data.values():
+        entries.sort(key=lambda e: (e.adam, e.setup["lr"], e.setup["momentum"]))
+    return by_data
+
+
+def epoch_curve(e: Entry, row: dict, n_boot: int = EPOCH_BOOT) -> tuple[list[int], np.ndarray]:
+    """(epochs, [E, 3] RFD, lo, hi) of a row's models after each epoch, against the final base and yardstick.
+
+    Args:
+        e: the study.
+        row: a summary row of trained models (students over seeds: their mean distance).
+        n_boot: bootstrap replicates per epoch.
+    """
+    store, members = Store(e.view.out), e.members(row)
+    epochs = sorted(set.intersection(*(set(m.epochs) for m in members)))
+    indeps = [i.final for i in e.view.of("independent")]
+    out = []
+    for ep in epochs:
+        r = rfd(e.view.base.final, [store.load_preds(m.run, ep) for m in members], indeps,
+                metric=e.summary["metric"], n_boot=n_boot)
+        out.append((r.rfd, *r.ci))
+    return epochs, np.array(out, dtype=float)
+
+
+def _band(e: Entry) -> tuple[float, float]:
+    """The independent models' band: the union of their intervals with each independent alone as yardstick."""
+    ends = [r.get("rfd_ci_yardstick") or r["rfd_ci"] for r in e.rows("independent")]
+    los, his = [v[0] for v in ends if v[0] is not None], [v[1] for v in ends if v[1] is not None]
+    return (min(los), max(his)) if los and his else (np.nan, np.nan)
+
+
+def _errbar(ax, x: float, row: dict, **kw) -> None:
+    lo, hi = (np.nan if v is None else v for v in row["rfd_ci"])
+    y = np.nan if row["rfd"] is None else row["rfd"]
+    ax.errorbar([x], [y], yerr=[[max(y - lo, 0)], [max(hi - y, 0)]], capsize=3, **kw)
+
+
+def _lr_panel(ax, entries: list[Entry]) -> None:
+    sgd, adam = [e for e in entries if not e.adam], [e for e in entries if e.adam]
+    if sgd:
+        xs = [e.setup["lr"] for e in sgd]
+        bands = np.array([_band(e) for e in sgd])
+        ax.fill_between(xs, bands[:, 0], bands[:, 1], color=ROLES["independent"].colour, alpha=0.2,
+                        label="independent models (yardstick range)")
+    for k, (role, name) in enumerate(KINDS):
+        colour = ROLES[role].colour
+        pts = [(e.setup["lr"], e.kind_row(role)) for e in sgd if e.kind_row(role)]
+        # kinds side by side at each lr (a factor 1.04 apart on the log axis) so the intervals stay readable
+        shift = 1.04 ** (k - 1.5)
+        if pts:
+            ax.plot([x * shift for x, _ in pts], [np.nan if r["rfd"] is None else r["rfd"] for _, r in pts],
+                    "-", color=colour, label=f"{name} (SGD)")
+            for x, r in pts:
+                _errbar(ax, x * shift, r, color=colour, fmt="o")
+        for e in adam:
+            if e.kind_row(role):
+                _errbar(ax, e.setup["lr"] * shift * 1.3, e.kind_row(role), color=colour, fmt="*", markersize=11,
+                        label=f"{name} (Adam)" if e is adam[0] else None)
+    ax.set_xscale("log")
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("learning rate (Adam: stars, drawn right of its lr)")
+    ax.set_ylabel("RFD to the base (final epoch)")
+    ax.legend(fontsize=7, ncol=2)
+
+
+def _epoch_panel(ax, e: Entry) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    lo, hi = _band(e)
+    ax.axhspan(lo, hi, color=ROLES["independent"].colour, alpha=0.2)
+    for role, name in KINDS:
+        row = e.kind_row(role)
+        if row is None:
+            continue
+        epochs, c = epoch_curve(e, row)
+        ax.plot(epochs, c[:, 0], color=ROLES[role].colour, label=name)
+        ax.fill_between(epochs, c[:, 1], c[:, 2], color=ROLES[role].colour, alpha=0.15)
+    ax.set_title(e.label, fontsize=9)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def figure(dataset: str, entries: list[Entry], path: Path) -> Path:
+    """Write the data set's figure: RFD against the learning rate, then against the epoch per recipe.
+
+    Args:
+        dataset: the data set's name, for the title.
+        entries: its studies, one per recipe.
+        path: the PNG file.
+    """
+    from matplotlib.figure import Figure
+
+    n = len(entries)
+    fig = Figure(figsize=(max(8.0, 3.0 * n), 8.0), layout="constrained")
+    grid = fig.add_gridspec(2, n)
+    _lr_panel(fig.add_subplot(grid[0, :]), entries)
+    first = None
+    for k, e in enumerate(entries):
+        first = fig.add_subplot(grid[1, k], sharey=first)
+        _epoch_panel(first, e)
+    first.legend(fontsize=6)
+    fig.axes[1].set_ylabel("RFD to the final base")
+    fig.suptitle(f"{dataset}: is it the teacher or the start? (95% intervals over test inputs)")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _ci(row: dict | None) -> str:
+    if row is None:
+        return ""
+    if row["rfd"] is None:
+        return "undefined"
+    lo, hi = row["rfd_ci"]
+    return f"{row['rfd']:.2f} [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else f"{row['rfd']:.2f}"
+
+
+def table_md(dataset: str, entries: list[Entry]) -> str:
+    """RFD [95% CI] of every kind of model (students at every alpha) x recipe, and the yardstick's range."""
+    kinds: list[tuple[str, str, str]] = []   # (role, setting, name)
+    for e in entries:
+        for role, name in KINDS:
+            for r in e.rows(role):
+                key = (role, r["setting"], f"{name}, {r['setting']}" if role == "student" else name)
+                kinds += [key] if key not in kinds else []
+    lines = [f"| {dataset}: kind of model | " + " | ".join(e.label for e in entries) + " |",
+             "|---|" + "---|" * len(entries)]
+    for role, setting, name in kinds:
+        cells = [_ci(next((r for r in e.rows(role) if r["setting"] == setting), None)) for e in entries]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("| independent models (yardstick range) | "
+                 + " | ".join("[{:.2f}, {:.2f}]".format(*_band(e)) for e in entries) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def split(e: Entry, student: dict) -> dict:
+    """Start and teacher for one row of base-init students: the no-teacher control's closeness ``1 - RFD``,
+    and what the teacher adds, ``RFD(control) - RFD(students)``, with a paired bootstrap interval.
+
+    Args:
+        e: the study (it has a no-teacher control).
+        student: a row of students from the base's initial weights.
+    """
+    start = e.kind_row("start")
+    d = rfd_difference(e.view.base.final, [m.final for m in e.members(start)],
+                       [m.final for m in e.members(student)], [i.final for i in e.view.of("independent")],
+                       metric=e.summary["metric"])
+    lo, hi = start["rfd_ci"]
+    return {"start": 1 - d.rfd_a, "start_ci": (None if hi is None else 1 - hi, None if lo is None else 1 - lo),
+            "teacher": d.difference, "teacher_ci": d.ci, "student_rfd": d.rfd_b, "verdict": student["verdict"]}
+
+
+def _pair(v: float, ci: tuple) -> str:
+    return f"{v:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]" if None not in ci else f"{v:+.2f}"
+
+
+def split_md(dataset: str, entries: list[Entry]) -> str:
+    """Per recipe and student row: start, teacher, the students' RFD and whether the paper's finding 1 holds."""
+    lines = [f"| {dataset}: recipe | students | start: 1 - RFD of the no-teacher control | teacher: RFD(control) - "
+             "RFD(students) [paired 95% CI] | students' RFD | finding 1 (students independent-like) |",
+             "|---|---|---|---|---|---|"]
+    for e in entries:
+        if e.kind_row("start") is None:
+            continue
+        for row in e.rows("student"):
+            s = split(e, row)
+            holds = {"independent-like": "holds", "preserves": "does not hold: the students keep the base's "
+                     "function"}.get(s["verdict"], f"undecided ({s['verdict']})")
+            lines.append(f"| {e.label} | {row['setting']} | {_pair(s['start'], s['start_ci'])} | "
+                         f"{_pair(s['teacher'], s['teacher_ci'])} | {_ci(row)} | {holds} |")
+    return "\n".join(lines) + "\n"
+
+
+def _commit() -> str:
+    """The commit of the code that ran this script, marked when the work tree differs from it."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + (" with uncommitted changes" if dirty else "")
+
+
+def training_hours(entries: list[Entry]) -> float:
+    """Hours of training over every run of the studies (the epochs' own seconds, summed; one core each)."""
+    total = 0.0
+    for e in entries:
+        store = Store(e.view.out)
+        total += sum(h.get("train_seconds", 0.0) for r in e.view.runs
+                     for h in store.load_metrics(r.run).get("history", []))
+    return total / 3600
+
+
+def section(by_data: dict[str, list[Entry]], figures: dict[str, Path], doc: Path, command: str,
+            seconds: float) -> str:
+    """The document's section, markers included."""
+    everything = [e for es in by_data.values() for e in es]
+    commits = sorted({c for e in everything for c in e.setup.get("git_commits", [])})
+    out = [BEGIN, "", "### Is it the teacher or the start?", "",
+           f"Made by `{command}` at commit {_commit()} in {seconds:.0f} s; the studies' runs were trained at "
+           f"commit(s) {', '.join(commits) or 'unknown'}, {training_hours(everything):.2f} hours of training "
+           "in all. RFD 0: the base's own function; 1: as far as an independently trained model. Start: how "
+           "close to the base the no-teacher control (the base's initial weights, another data order, no "
+           "teacher) ends, as 1 - RFD; teacher: how much closer the students end than that control.", ""]
+    for dataset, entries in by_data.items():
+        rel = os.path.relpath(figures[dataset], doc.resolve().parent)
+        out += [f"![{dataset}: RFD against learning rate and epoch]({rel})", "", table_md(dataset, entries),
+                split_md(dataset, entries)]
+    return "\n".join(out + [END]) + "\n"
+
+
+def write_doc(doc: Path, body: str) -> None:
+    """Replace the section between the markers of ``doc``, or append it where they are missing.
+
+    Args:
+        doc: the Markdown document (made when missing).
+        body: the section, markers included (:func:`section`).
+
+    Example:
+        >>> import tempfile
+        >>> doc = Path(tempfile.mkdtemp()) / "R.md"
+        >>> for n in (1, 2):
+        ...     write_doc(doc, f"{BEGIN}\\nrun {n}\\n{END}\\n")
+        >>> doc.read_text().count(BEGIN), "run 2" in doc.read_text(), "run 1" in doc.read_text()
+        (1, True, False)
+    """
+    text = doc.read_text() if doc.is_file() else ""
+    if BEGIN in text and END in text and text.index(BEGIN) < text.index(END):
+        text = text[:text.index(BEGIN)] + body.rstrip("\n") + text[text.index(END) + len(END):]
+    else:
+        text = text + ("\n" if text and not text.endswith("\n") else "") + body
+    atomic_write_text(doc, text)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("studies", nargs="+", type=Path, help="finished `funclens study` output folders")
+    p.add_argument("--doc", type=Path, default=Path("docs/REPRODUCTION.md"), help="the document to write into")
+    p.add_argument("--figures", type=Path, default=Path("docs/figures"), help="folder of the figures")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    t0 = time.perf_counter()
+    try:
+        args = parse(argv)
+        by_data = load_entries(args.studies)
+        figs = {d: figure(d, es, args.figures / f"teacher-or-start-{d}.png") for d, es in by_data.items()}
+        body = section(by_data, figs, args.doc, shlex.join(["docs/teacher_or_start.py", *argv]),
+                       time.perf_counter() - t0)
+        write_doc(args.doc, body)
+    except FunclensError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(body, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
