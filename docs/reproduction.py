@@ -8,7 +8,9 @@ its own markers, ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` (NAME: the
 ``<!-- tables:start -->`` ... ``<!-- tables:end -->`` of docs/REPRODUCTION.md: a study named here replaces
 its own block (or adds one at the end), the others' blocks stay as they were. Where a study's rows carry the
 diagnostics (flips, tails, margins, classes), its "where the function moved" table goes between
-``<!-- where:NAME -->`` and ``<!-- /where:NAME -->`` when the document holds those markers. The prose around
+``<!-- where:NAME -->`` and ``<!-- /where:NAME -->``, and where its runs measured sizes, MACs or latency
+(the field's compressors), its cost table between ``<!-- cost:NAME -->`` and ``<!-- /cost:NAME -->``, when
+the document holds those markers. The prose around
 the tables is written by hand from them.
 """
 
@@ -17,6 +19,8 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+
+from funclens.report import cost_md
 
 DOC = Path(__file__).with_name("REPRODUCTION.md")
 COLS = ["alpha=0.1", "alpha=0.5", "alpha=0.9", "16-bit", "8-bit", "10%", "30%", "50%", "70%", "90%"]
@@ -151,6 +155,11 @@ def main(folders: list[str]) -> None:
                             before="<!-- tables:end -->")
         for name, body in where(Path(f)).items():
             text = _replace(text, f"<!-- where:{name} -->", f"<!-- /where:{name} -->", body)
+        for s in summaries(Path(f)):
+            body = cost_md([s])
+            if body:
+                name = s.get("study", "")
+                text = _replace(text, f"<!-- cost:{name} -->", f"<!-- /cost:{name} -->", body.rstrip("\n"))
     DOC.write_text(text)
 
 

@@ -1,0 +1,38 @@
+"""docs/reproduction.py: each study's tables go between its own markers, the others' stay as they were."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def reproduction(doc: Path):
+    spec = importlib.util.spec_from_file_location("reproduction", DOCS / "reproduction.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.DOC = doc
+    return mod
+
+
+def test_a_study_replaces_its_own_blocks_and_leaves_the_others(small_reported, tmp_path):
+    doc = tmp_path / "R.md"
+    kept = "<!-- table:other -->\nthe other study's table, by hand\n<!-- /table:other -->"
+    doc.write_text(f"head\n<!-- tables:start -->\n{kept}\n\n<!-- tables:end -->\n"
+                   "<!-- where:small -->\nold\n<!-- /where:small -->\ntail\n")
+    mod = reproduction(doc)
+    mod.main([str(small_reported)])
+    once = doc.read_text()
+    assert kept in once and once.startswith("head\n") and once.endswith("tail\n")
+    table = once.split("<!-- table:small -->\n")[1].split("<!-- /table:small -->")[0]
+    summary = json.loads((small_reported / "summary.json").read_text())
+    assert f"base accuracy {100 * summary['base']['accuracy']:.2f}% here" in table
+    where = once.split("<!-- where:small -->\n")[1].split("<!-- /where:small -->")[0]
+    rows = [line for line in where.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert {r.split(" | ")[1] for r in rows} == {r["setting"] for r in summary["rows"]}
+    q8 = next(r for r in summary["rows"] if r["setting"] == "8-bit")
+    assert f"| {100 * q8['flips_correct_to_wrong']:.2f} | {100 * q8['flips_wrong_to_correct']:.2f} |" in where
+    mod.main([str(small_reported)])
+    assert doc.read_text() == once   # a rerun replaces, never appends
