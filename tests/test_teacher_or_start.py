@@ -218,6 +218,9 @@ def test_a_sweep_entry_changes_only_what_it_names_and_keeps_run_ids(tmp_path):
     ('[[sweep]]\nlabel = "a"\ntrain = { lr = -1 }\n', "sweep entry a: train: lr must be"),
     ('[[sweep]]\nlabel = "a"\ntrain = { recipe = "rmsprop" }\n', "unknown recipe"),
     ('sweep = 3\n', "expected 1 to"),
+    # the combined report of a sweep writes these names in the output folder, beside the entries' folders
+    ('[[sweep]]\nlabel = "summary.json"\n', "the label summary.json names a file of the sweep's combined report"),
+    ('[[sweep]]\nlabel = "tables"\n', "the label tables names a file"),
 ])
 def test_bad_sweeps_are_one_line_errors(tmp_path, sweep, message):
     p = tmp_path / "s.toml"

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Union
 
 from funclens.errors import ConfigError, FunclensError  # noqa: F401  (re-exported)
+from funclens.paths import study_names
 from funclens.safeio import read_regular
 
 
@@ -934,6 +935,8 @@ def _sweep_entry(entry: Any, names: set[str]) -> tuple[str, dict]:
            f"sweep: each entry needs a label of letters, digits, '.', '_' or '-' (its study's name and folder), "
            f"got {label!r}")
     _check(label not in names, f"sweep lists the label {label} twice")
+    _check(label not in study_names(), f"sweep: the label {label} names a file of the sweep's combined report "
+           "in the output folder; choose another")
     bad = sorted(set(tables) & set(_NOT_IN_SWEEP))
     _check(not bad, f"sweep entry {label}: {', '.join(bad)} apply to the whole file, not to one entry")
     return label, tables
