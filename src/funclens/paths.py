@@ -141,7 +141,12 @@ def distances_figure(out: Path) -> Path:
 
 def study_names() -> frozenset[str]:
     """The names a study (or a sweep's combined report) may write at the top of its output folder: no
-    sweep entry's folder may take one of them."""
+    sweep entry's folder may take one of them.
+
+    Example:
+        >>> sorted(study_names())[:4]
+        ['.lock', 'attribution.csv', 'attribution.png', 'figures']
+    """
     return frozenset(f(Path()).parts[0] for f in (runs_dir, study_file, lock_file, summary_file, report_md,
                                                    report_html, tables_dir, figures_dir, outputs_file,
                                                    attribution_table, attribution_figure))

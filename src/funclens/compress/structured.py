@@ -26,17 +26,13 @@ import importlib.metadata
 import torch
 import torch.nn as nn
 
-from funclens.compress import CompressInfo, register, tensor_bytes, weight_layers
+from funclens.compress import CompressInfo, import_extra, register, tensor_bytes, weight_layers
 from funclens.config import ConfigError, StructuredPruneCfg
 
 
 def _torch_pruning():
     """The ``torch_pruning`` module, or a one-line error saying how to install it."""
-    try:
-        import torch_pruning as tp
-    except ImportError:
-        raise ConfigError('structured pruning needs Torch-Pruning: pip install "funclens[pruning]"') from None
-    return tp
+    return import_extra("structured pruning", "pruning", "torch_pruning")
 
 
 def output_layer(model: nn.Module, example: torch.Tensor) -> nn.Module:
