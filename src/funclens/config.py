@@ -348,7 +348,12 @@ class DistillCfg:
     @property
     def uses_teacher(self) -> bool:
         """Whether the loss has a teacher term: at alpha 0 it is plain cross-entropy, and the teacher is
-        neither loaded nor run (the no-teacher control)."""
+        neither loaded nor run (the no-teacher control).
+
+        Example:
+            >>> DistillCfg("train_0123456789ab", alpha=0.0).uses_teacher, DistillCfg("train_0123456789ab").uses_teacher
+            (False, True)
+        """
         return self.alpha > 0
 
 
@@ -922,7 +927,15 @@ class StudySet:
         "help": "a sweep's entry labels, one per study, each its folder under the output; none for one study"})
 
     def folders(self, out: Path) -> list[Path]:
-        """Where each study is stored under ``out``: ``out`` itself for one study, ``out/<label>`` in a sweep."""
+        """Where each study is stored under ``out``: ``out`` itself for one study, ``out/<label>`` in a sweep.
+
+        Args:
+            out: the output folder of the command.
+
+        Example:
+            >>> [str(f) for f in StudySet("x", (StudyCfg(), StudyCfg()), ("a", "b")).folders(Path("out"))]
+            ['out/a', 'out/b']
+        """
         return [Path(out) / label for label in self.labels] if self.labels else [Path(out)]
 
 

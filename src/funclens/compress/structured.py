@@ -85,6 +85,13 @@ def prune_channels(model: nn.Module, cfg: StructuredPruneCfg,
 
     Returns:
         The pruned model (the same object) and its :class:`CompressInfo`.
+
+    Example:
+        >>> from funclens.models import create_model
+        >>> m = create_model("lenet", in_shape=(1, 8, 8), num_classes=10)
+        >>> _, info = prune_channels(m, StructuredPruneCfg(0.25), torch.zeros(1, 1, 8, 8))
+        >>> m.conv1.out_channels, info.params < info.base_params
+        (24, True)
     """
     tp = _torch_pruning()
     if calibration is None or calibration.ndim != 4 or len(calibration) == 0:
