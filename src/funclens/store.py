@@ -62,6 +62,29 @@ def _git_commit() -> str | None:
 
 GIT_COMMIT = _git_commit()
 
+
+def describe_commit(folder: Path) -> str:
+    """The short commit of the git work tree ``folder`` is in, marked when tracked files differ from it: what
+    a script that writes a document records of the code that ran it.
+
+    Args:
+        folder: any folder of the work tree.
+
+    Example:
+        >>> describe_commit(Path(tempfile.mkdtemp()))
+        'unknown (not a git checkout)'
+    """
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, check=True,
+                              timeout=30).stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return head + (" with uncommitted changes" if dirty else "")
+
 _TEMPORARY = re.compile(r"\..+\.\d+\.tmp")  # atomic_write_bytes's temporary name
 _PREDS = re.compile(r"preds/ep_(\d{3,})\.npy")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
