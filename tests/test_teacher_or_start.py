@@ -235,3 +235,16 @@ def test_the_command_refuses_a_bad_sweep_in_one_line_before_any_run(tmp_path):
     r = run_cli("study", str(p), "--out", str(tmp_path / "out"))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "sweep entry b" in r.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("entry, needle", [
+    ('[[sweep.custom]]\nname = "mine"\nfn = "nosuchmod:squeeze"\n', "cannot import nosuchmod"),
+    ('[sweep.model]\narch = "nosuchmod:net"\n', "cannot import nosuchmod"),
+])
+def test_a_sweep_entry_that_cannot_run_is_refused_before_the_first_entry_trains(tmp_path, entry, needle):
+    p = tmp_path / "s.toml"
+    p.write_text('name = "x"\nseeds = [0, 1]\nquantize = []\nprune = []\n[train]\nepochs = 1\n[distill]\n'
+                 'alphas = []\n[[sweep]]\nlabel = "a"\n[[sweep]]\nlabel = "b"\n' + entry)
+    r = run_cli("study", str(p), "--out", str(tmp_path / "out"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert needle in r.stderr and not (tmp_path / "out").exists()

@@ -155,7 +155,7 @@ def study(
 ) -> None:
     """Train, compress and compare the models of a study, then write its report."""
     from funclens.execute import RunContext, resolve_device
-    from funclens.study import run_study
+    from funclens.study import check_code, run_study
 
     name, studies, labels = _resolve(study_file, preset, dataset, arch, epochs, train_subset, test_subset,
                                      allow_modified_data)
@@ -169,6 +169,8 @@ def study(
     # a sweep's entries go one folder each, by label, even when there is one; a preset's architectures by name
     outs = (StudySet(name, tuple(studies), labels).folders(out) if labels else [out] if len(studies) == 1
             else [out / s.model.arch for s in studies])
+    for s in studies[1:]:
+        check_code(s)  # a later study that cannot run is refused before the first one trains
     for s, o in zip(studies, outs):
         ctx = RunContext(out=str(o), data_dir=str(data_dir) if data_dir else None, offline=offline, device=dev,
                          channels_last=channels_last)
