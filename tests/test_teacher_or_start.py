@@ -5,6 +5,7 @@ tables."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,17 @@ def test_one_command_runs_every_entry_of_a_sweep_into_its_own_folder(sweep_out):
     assert [s["study"] for s in combined["studies"]] == ["tiny-tos-sgd-lr0.02", "tiny-tos-adam"]
     # the combined report tells studies of one architecture apart by name
     assert "[tiny-tos-adam]" in paths.report_md(sweep_out).read_text()
+
+
+def test_verify_of_a_sweeps_folder_checks_every_entrys_runs(sweep_out, tmp_path):
+    r = run_cli("verify", str(sweep_out))
+    assert r.returncode == 0 and "ok: 12 finished runs verified" in r.stdout, r.stdout + r.stderr
+    hurt = tmp_path / "out"
+    shutil.copytree(sweep_out, hurt)
+    preds = sorted((hurt / "adam" / "runs").glob("train_*/preds/ep_002.npy"))[0]
+    preds.write_bytes(preds.read_bytes()[:-8])
+    r = run_cli("verify", str(hurt))
+    assert r.returncode == 2 and f"run {preds.parent.parent.name}: preds/ep_002.npy does not match" in r.stderr
 
 
 def test_the_fresh_student_starts_from_its_own_seeds_weights_not_the_bases(sweep_out):

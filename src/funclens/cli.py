@@ -279,7 +279,8 @@ def verify(out: Path = typer.Argument(..., metavar="OUT", show_default=False,
     """Check a study's store: every run against its DONE, the plan's unfinished runs, the report's files."""
     from funclens.store import Store
 
-    stores = [out] if paths.runs_dir(out).is_dir() else sorted(p.parent.parent for p in Path(out).glob("*/runs/"))
+    # a study's folder, or one holding several (a sweep's entries, a preset's architectures): OUT/*/runs
+    stores = [out] if paths.runs_dir(out).is_dir() else sorted(p.parent for p in Path(out).glob("*/runs/"))
     if not stores:
         raise FunclensError(f"{out} holds no runs")
     problems, checked = [], 0
