@@ -49,7 +49,7 @@ _ANGLES = np.deg2rad(np.arange(16) * 22.5 + 45.0)
 VERDICT_COLOURS = {"preserves": "tab:green", "partial": "tab:orange", "independent-like": "tab:red",
                    "undetermined": "0.5", "yardstick": "tab:blue"}
 _MARKERS = {"independent": "*", "student": "o", "control": "D", "quantize": "s", "prune": "^", "finetune": "v",
-            "custom": "X"}
+            "custom": "X", "fresh": "P", "start": "h", "noise": "d", "precision": "p"}
 
 
 class LandscapeError(FunclensError):
