@@ -29,7 +29,6 @@ import argparse
 import concurrent.futures
 import multiprocessing
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from funclens.config import RECIPES, DataCfg, ModelCfg, PruneCfg, QuantCfg, RunS
 from funclens.data import load_dataset
 from funclens.errors import ConfigError, FunclensError
 from funclens.models import create_model
+from funclens.store import describe_commit
 from funclens.train import evaluate, train
 
 # The paper's LeNet rows: relative accuracy deviation in %, copied from seed/functional-perspective-paper.md
@@ -171,19 +171,6 @@ def _label(r: dict) -> str:
             f"last layer {'pruned' if r['last'] else 'kept'}")
 
 
-def _commit() -> str:
-    """The commit of the code that ran, marked when the work tree differs from it."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return head + (" with uncommitted changes" if dirty else "")
-
-
 def markdown(rows: list[dict], datasets: list[str], args: argparse.Namespace, command: str) -> str:
     """The candidates and their scores, then every candidate's cells beside the paper's, in Markdown.
 
@@ -195,8 +182,9 @@ def markdown(rows: list[dict], datasets: list[str], args: argparse.Namespace, co
     """
     subset = lambda n: "all" if n == 0 else f"the first {n:,}"  # noqa: E731
     settings = list(PAPER[datasets[0]]["cells"])
+    commit = describe_commit(Path(__file__).resolve().parent)
     out = ["# Fit search: training recipe x pruning scope against the paper's LeNet cells", "",
-           f"Command: `{command}`  ", f"Commit: {_commit()}; funclens {__version__}, torch {torch.__version__}.  ",
+           f"Command: `{command}`  ", f"Commit: {commit}; funclens {__version__}, torch {torch.__version__}.  ",
            f"Bases: LeNet, seed 0, {args.epochs} epoch{'s' * (args.epochs != 1)}, batch 64; "
            f"training images: {subset(args.train_subset)}; test images: {subset(args.test_subset)}.  ",
            "Scored cells: " + "; ".join(f"{NAMES[d]}: {PAPER[d]['table']}, {', '.join(settings)}" for d in datasets)

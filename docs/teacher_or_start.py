@@ -29,7 +29,6 @@ import io
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from funclens import paths
 from funclens.errors import FunclensError
 from funclens.plan import ROLES
 from funclens.rfd import rfd, rfd_difference
-from funclens.store import Store, atomic_write_bytes, atomic_write_text
+from funclens.store import Store, atomic_write_bytes, atomic_write_text, describe_commit
 from funclens.summary import RunView, StudyView, load_study
 
 BEGIN, END = "<!-- teacher-or-start:start -->", "<!-- teacher-or-start:end -->"
@@ -300,19 +299,6 @@ def split_md(dataset: str, entries: list[Entry]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _commit() -> str:
-    """The commit of the code that ran this script, marked when the work tree differs from it."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return head + (" with uncommitted changes" if dirty else "")
-
-
 def training_hours(entries: list[Entry]) -> float:
     """Hours of training over every run of the studies (the epochs' own seconds, summed; one core each)."""
     total = 0.0
@@ -328,8 +314,9 @@ def section(by_data: dict[str, list[Entry]], figures: dict[str, Path], doc: Path
     """The document's section, markers included."""
     everything = [e for es in by_data.values() for e in es]
     commits = sorted({c for e in everything for c in e.setup.get("git_commits", [])})
+    commit = describe_commit(Path(__file__).resolve().parent)
     out = [BEGIN, "", "### Is it the teacher or the start?", "",
-           f"Made by `{command}` at commit {_commit()} in {seconds:.0f} s; the studies' runs were trained at "
+           f"Made by `{command}` at commit {commit} in {seconds:.0f} s; the studies' runs were trained at "
            f"commit(s) {', '.join(commits) or 'unknown'}, {training_hours(everything):.2f} hours of training "
            "in all. RFD 0: the base's own function; 1: as far as an independently trained model. Start: how "
            "close to the base the no-teacher control (the base's initial weights, another data order, no "

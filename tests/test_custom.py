@@ -190,6 +190,15 @@ def test_a_missing_module_or_function_is_refused_at_study_start(mods, fn, needle
     assert not (mods.parent / "out").exists()   # refused before the data were read or a folder made
 
 
+def test_a_module_that_exits_while_imported_is_one_line_not_exit_3(mods):
+    # exit 3 is --fail-if's "a condition failed": a user's module must not pass for it
+    (mods / "quits.py").write_text("import sys\nsys.exit(3)\n")
+    (mods.parent / "s.toml").write_text(STUDY.replace("mycomp:half", "quits:half"))
+    one_line_error(cli(mods.parent, "study", "s.toml", "--out", "out"),
+                   "custom compressor 'half' (quits:half): importing quits failed (SystemExit: 3)")
+    assert not (mods.parent / "out").exists()
+
+
 # ---------------------------------------------------------------- a study with it, and its report
 
 def test_a_digits_study_has_the_custom_and_fine_tuned_rows_with_verdicts(mods):

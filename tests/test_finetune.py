@@ -1,6 +1,7 @@
 """Prune, then fine-tune: accuracy comes back, the zeros stay, and a killed fine-tuning resumes byte-identically."""
 
 import json
+import shutil
 import signal
 from pathlib import Path
 
@@ -9,9 +10,13 @@ import pytest
 import torch
 
 from conftest import run_cli
+from funclens.compress import compress
 from funclens.config import DataCfg, ModelCfg, PruneCfg, RunSpec, StructuredPruneCfg, TrainCfg, load_study_toml
+from funclens.data import load_dataset
 from funclens.execute import RunContext, execute_run
+from funclens.models import create_model
 from funclens.store import Store
+from funclens.train import hold_zeros, train
 from test_resume import checkpoint_epoch, killed_study, pred_files
 
 DATA, MODEL = DataCfg("digits"), ModelCfg("lenet")
@@ -119,3 +124,39 @@ def test_a_killed_finetuning_resumes_to_identical_predictions(study, tmp_path):
     assert pred_files(out) == pred_files(ref)
     for rid in finetune_runs(study_file).values():
         assert np.array_equal(Store(out).load_preds(rid), Store(ref).load_preds(rid))
+
+
+def first_epoch(store: Store, spec: RunSpec) -> tuple[np.ndarray, dict]:
+    """(predictions, checkpoint) of fine-tuning run ``spec``'s first epoch, as a run stopped after it leaves them."""
+    data = load_dataset("digits")
+    parent = create_model("lenet", in_shape=data.in_shape, num_classes=data.num_classes)
+    parent.load_state_dict(store.load_model_state(spec.parent))
+    pruned, _ = compress(parent, spec.compress)
+    kept: dict = {}
+    train(spec, data, model=pruned, after_step=hold_zeros(pruned),
+          on_epoch=lambda e, probs, _row, ck: kept.setdefault(e, (probs, ck)))
+    return kept[1]
+
+
+@pytest.mark.parametrize("swapped", ["checkpoint", "predictions"])
+def test_a_resumed_finetuning_takes_nothing_from_another_runs_files(trained, tmp_path, swapped):
+    # layer and global 50% prune the same tensors: another run's checkpoint has this run's shapes
+    out, base = trained
+    this, other = (RunSpec("prune", DATA, MODEL, train=TrainCfg(epochs=2, lr=0.02), parent=base,
+                           compress=PruneCfg(0.5, scope=s)) for s in ("global", "layer"))
+    execute_run(this, RunContext(out=str(out)))
+    hurt = Store(tmp_path / "hurt")
+    shutil.copytree(Store(out).run_dir(base), hurt.run_dir(base))
+    for spec in (this, other):   # each stopped after its first epoch
+        hurt.prepare(spec)
+        probs, ck = first_epoch(hurt, spec)
+        hurt.save_preds(spec.run_id, 1, probs)
+        hurt.save_checkpoint(spec.run_id, ck)
+    # copied over this run's own: the other's checkpoint with its predictions, or its predictions alone
+    for name in ("checkpoint.pt", "preds/ep_001.npy")[swapped == "predictions":]:
+        shutil.copyfile(hurt.run_dir(other.run_id) / name, hurt.run_dir(this.run_id) / name)
+    execute_run(this, RunContext(out=str(hurt.root)))
+    assert hurt.verify_run(this.run_id) == []
+    for e in (1, 2):
+        assert np.array_equal(hurt.load_preds(this.run_id, e), Store(out).load_preds(this.run_id, e)), e
+

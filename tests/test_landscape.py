@@ -228,3 +228,11 @@ def test_interactive_landscape_is_one_offline_page_that_names_run_epoch_and_accu
         assert needle in page, needle
     with pytest.raises(LandscapeError):
         landscape_html(np.zeros((2, 2)), pts, title="x")
+
+
+def test_every_role_of_the_accuracy_figure_has_a_marker_of_its_own():
+    # colour is the verdict, so the marker alone tells a no-teacher control from a student, noise from pruning
+    from funclens.landscape import _MARKERS
+
+    roles = [r for r in ROLES if r != "base"]
+    assert set(roles) <= set(_MARKERS) and len({_MARKERS[r] for r in roles}) == len(roles)

@@ -1,6 +1,7 @@
 """Structured (channel) pruning with Torch-Pruning: the model really shrinks, and still classifies."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,17 @@ def test_pruning_the_same_weights_twice_gives_the_same_model():
     assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
     probs, metrics = evaluate(a, ds)
     assert probs.shape == (360, 10) and 0 <= metrics["test_acc"] <= 1
+
+
+@pytest.mark.parametrize("amount, whole", [(0.97, "1 of 3 layers whole (conv1)"),
+                                           (0.995, "3 of 3 layers whole (conv1, conv2, fc1)")])
+def test_an_amount_that_would_empty_a_layer_is_refused_not_left_unpruned(amount, whole):
+    # Torch-Pruning keeps whole a layer that would lose every channel (LeNet's 32-channel conv1 past 31/32):
+    # the row would be named "channels 97%" with conv1 untouched, or at 99.5% be the unpruned model itself
+    m = create_model("lenet", in_shape=(1, 8, 8), num_classes=10)
+    with pytest.raises(ConfigError, match=f"channels 9.*% left {re.escape(whole)}.*choose a smaller amount"):
+        compress(m, StructuredPruneCfg(amount), torch.zeros(1, 1, 8, 8))
+    assert compress(m, StructuredPruneCfg(0.95), torch.zeros(1, 1, 8, 8))[0].conv1.out_channels == 1
 
 
 def test_structured_pruning_without_an_example_input_is_bad_input():

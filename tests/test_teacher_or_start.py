@@ -5,6 +5,7 @@ tables."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,17 @@ def test_one_command_runs_every_entry_of_a_sweep_into_its_own_folder(sweep_out):
     assert [s["study"] for s in combined["studies"]] == ["tiny-tos-sgd-lr0.02", "tiny-tos-adam"]
     # the combined report tells studies of one architecture apart by name
     assert "[tiny-tos-adam]" in paths.report_md(sweep_out).read_text()
+
+
+def test_verify_of_a_sweeps_folder_checks_every_entrys_runs(sweep_out, tmp_path):
+    r = run_cli("verify", str(sweep_out))
+    assert r.returncode == 0 and "ok: 12 finished runs verified" in r.stdout, r.stdout + r.stderr
+    hurt = tmp_path / "out"
+    shutil.copytree(sweep_out, hurt)
+    preds = sorted((hurt / "adam" / "runs").glob("train_*/preds/ep_002.npy"))[0]
+    preds.write_bytes(preds.read_bytes()[:-8])
+    r = run_cli("verify", str(hurt))
+    assert r.returncode == 2 and f"run {preds.parent.parent.name}: preds/ep_002.npy does not match" in r.stderr
 
 
 def test_the_fresh_student_starts_from_its_own_seeds_weights_not_the_bases(sweep_out):
@@ -218,6 +230,9 @@ def test_a_sweep_entry_changes_only_what_it_names_and_keeps_run_ids(tmp_path):
     ('[[sweep]]\nlabel = "a"\ntrain = { lr = -1 }\n', "sweep entry a: train: lr must be"),
     ('[[sweep]]\nlabel = "a"\ntrain = { recipe = "rmsprop" }\n', "unknown recipe"),
     ('sweep = 3\n', "expected 1 to"),
+    # the combined report of a sweep writes these names in the output folder, beside the entries' folders
+    ('[[sweep]]\nlabel = "summary.json"\n', "the label summary.json names a file of the sweep's combined report"),
+    ('[[sweep]]\nlabel = "tables"\n', "the label tables names a file"),
 ])
 def test_bad_sweeps_are_one_line_errors(tmp_path, sweep, message):
     p = tmp_path / "s.toml"
@@ -232,3 +247,16 @@ def test_the_command_refuses_a_bad_sweep_in_one_line_before_any_run(tmp_path):
     r = run_cli("study", str(p), "--out", str(tmp_path / "out"))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "sweep entry b" in r.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("entry, needle", [
+    ('[[sweep.custom]]\nname = "mine"\nfn = "nosuchmod:squeeze"\n', "cannot import nosuchmod"),
+    ('[sweep.model]\narch = "nosuchmod:net"\n', "cannot import nosuchmod"),
+])
+def test_a_sweep_entry_that_cannot_run_is_refused_before_the_first_entry_trains(tmp_path, entry, needle):
+    p = tmp_path / "s.toml"
+    p.write_text('name = "x"\nseeds = [0, 1]\nquantize = []\nprune = []\n[train]\nepochs = 1\n[distill]\n'
+                 'alphas = []\n[[sweep]]\nlabel = "a"\n[[sweep]]\nlabel = "b"\n' + entry)
+    r = run_cli("study", str(p), "--out", str(tmp_path / "out"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert needle in r.stderr and not (tmp_path / "out").exists()

@@ -155,7 +155,7 @@ def study(
 ) -> None:
     """Train, compress and compare the models of a study, then write its report."""
     from funclens.execute import RunContext, resolve_device
-    from funclens.study import run_study
+    from funclens.study import check_code, run_study
 
     name, studies, labels = _resolve(study_file, preset, dataset, arch, epochs, train_subset, test_subset,
                                      allow_modified_data)
@@ -169,6 +169,8 @@ def study(
     # a sweep's entries go one folder each, by label, even when there is one; a preset's architectures by name
     outs = (StudySet(name, tuple(studies), labels).folders(out) if labels else [out] if len(studies) == 1
             else [out / s.model.arch for s in studies])
+    for s in studies[1:]:
+        check_code(s)  # a later study that cannot run is refused before the first one trains
     for s, o in zip(studies, outs):
         ctx = RunContext(out=str(o), data_dir=str(data_dir) if data_dir else None, offline=offline, device=dev,
                          channels_last=channels_last)
@@ -277,7 +279,8 @@ def verify(out: Path = typer.Argument(..., metavar="OUT", show_default=False,
     """Check a study's store: every run against its DONE, the plan's unfinished runs, the report's files."""
     from funclens.store import Store
 
-    stores = [out] if paths.runs_dir(out).is_dir() else sorted(p.parent.parent for p in Path(out).glob("*/runs/"))
+    # a study's folder, or one holding several (a sweep's entries, a preset's architectures): OUT/*/runs
+    stores = [out] if paths.runs_dir(out).is_dir() else sorted(p.parent for p in Path(out).glob("*/runs/"))
     if not stores:
         raise FunclensError(f"{out} holds no runs")
     problems, checked = [], 0

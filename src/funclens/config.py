@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Union
 
 from funclens.errors import ConfigError, FunclensError  # noqa: F401  (re-exported)
+from funclens.paths import study_names
 from funclens.safeio import read_regular
 
 
@@ -347,7 +348,12 @@ class DistillCfg:
     @property
     def uses_teacher(self) -> bool:
         """Whether the loss has a teacher term: at alpha 0 it is plain cross-entropy, and the teacher is
-        neither loaded nor run (the no-teacher control)."""
+        neither loaded nor run (the no-teacher control).
+
+        Example:
+            >>> DistillCfg("train_0123456789ab", alpha=0.0).uses_teacher, DistillCfg("train_0123456789ab").uses_teacher
+            (False, True)
+        """
         return self.alpha > 0
 
 
@@ -921,7 +927,15 @@ class StudySet:
         "help": "a sweep's entry labels, one per study, each its folder under the output; none for one study"})
 
     def folders(self, out: Path) -> list[Path]:
-        """Where each study is stored under ``out``: ``out`` itself for one study, ``out/<label>`` in a sweep."""
+        """Where each study is stored under ``out``: ``out`` itself for one study, ``out/<label>`` in a sweep.
+
+        Args:
+            out: the output folder of the command.
+
+        Example:
+            >>> [str(f) for f in StudySet("x", (StudyCfg(), StudyCfg()), ("a", "b")).folders(Path("out"))]
+            ['out/a', 'out/b']
+        """
         return [Path(out) / label for label in self.labels] if self.labels else [Path(out)]
 
 
@@ -934,6 +948,8 @@ def _sweep_entry(entry: Any, names: set[str]) -> tuple[str, dict]:
            f"sweep: each entry needs a label of letters, digits, '.', '_' or '-' (its study's name and folder), "
            f"got {label!r}")
     _check(label not in names, f"sweep lists the label {label} twice")
+    _check(label not in study_names(), f"sweep: the label {label} names a file of the sweep's combined report "
+           "in the output folder; choose another")
     bad = sorted(set(tables) & set(_NOT_IN_SWEEP))
     _check(not bad, f"sweep entry {label}: {', '.join(bad)} apply to the whole file, not to one entry")
     return label, tables

@@ -49,7 +49,7 @@ _ANGLES = np.deg2rad(np.arange(16) * 22.5 + 45.0)
 VERDICT_COLOURS = {"preserves": "tab:green", "partial": "tab:orange", "independent-like": "tab:red",
                    "undetermined": "0.5", "yardstick": "tab:blue"}
 _MARKERS = {"independent": "*", "student": "o", "control": "D", "quantize": "s", "prune": "^", "finetune": "v",
-            "custom": "X"}
+            "custom": "X", "fresh": "P", "start": "h", "noise": "d", "precision": "p"}
 
 
 class LandscapeError(FunclensError):
@@ -244,25 +244,7 @@ def plot_landscape(coords: np.ndarray, points: Sequence[Mapping[str, Any]], *, t
         raise LandscapeError(f"need coords [M, 2] and M point descriptions, got {coords.shape} and {len(points)}")
     fig = Figure(figsize=(8.5, 6.5), layout="constrained")
     ax = fig.add_subplot()
-    seen: dict[str, tuple[str, str, str]] = {}
-    labels, letters = [], []
-    for idx in _trajectories(points):
-        idx = sorted(idx, key=lambda i: (points[i].get("epoch") or 0, i))
-        letter, colour, text = _role(points[idx[-1]])
-        role = points[idx[-1]].get("role", "other")
-        seen.setdefault(role, (letter, colour, text))
-        xy = coords[idx]
-        if len(idx) > 1:
-            ax.plot(xy[:, 0], xy[:, 1], "-", color=colour, lw=0.7, alpha=0.55, zorder=1)
-            ax.scatter(xy[:-1, 0], xy[:-1, 1], s=5, color=colour, alpha=0.6, zorder=2, linewidths=0)
-        x, y = xy[-1]
-        # the base is what every other model is measured against: drawn last, on top, with a white halo
-        on_top = role == "base"
-        letters.append(ax.text(x, y, letter, color=colour, fontsize=17 if on_top else 15, fontweight="bold", ha="center",
-                va="center", zorder=7 if on_top else 4,
-                path_effects=[pe.withStroke(linewidth=3, foreground="white")] if on_top else None))
-        if points[idx[-1]].get("label"):
-            labels.append((x, y, str(points[idx[-1]]["label"]), colour))
+    seen, labels, letters = _draw_trajectories(ax, coords, points)
     # text does not enter the data limits; register every point so letters are never cut off
     ax.update_datalim(coords)
     ax.margins(0.08)
@@ -279,6 +261,32 @@ def plot_landscape(coords: np.ndarray, points: Sequence[Mapping[str, Any]], *, t
     ax.set_yticks([])
     _place_labels(fig, ax, labels, letters)
     return fig
+
+
+def _draw_trajectories(ax: Any, coords: np.ndarray, points: Sequence[Mapping[str, Any]]
+                       ) -> tuple[dict[str, tuple[str, str, str]], list[tuple[float, float, str, str]], list[Any]]:
+    """Each trajectory as a thin line with dots and its final checkpoint as a big letter; returns the roles
+    drawn (role -> letter, colour, legend text), the labels still to place beside letters, and the letters."""
+    seen: dict[str, tuple[str, str, str]] = {}
+    labels, letters = [], []
+    for idx in _trajectories(points):
+        idx = sorted(idx, key=lambda i: (points[i].get("epoch") or 0, i))
+        letter, colour, text = _role(points[idx[-1]])
+        role = points[idx[-1]].get("role", "other")
+        seen.setdefault(role, (letter, colour, text))
+        xy = coords[idx]
+        if len(idx) > 1:
+            ax.plot(xy[:, 0], xy[:, 1], "-", color=colour, lw=0.7, alpha=0.55, zorder=1)
+            ax.scatter(xy[:-1, 0], xy[:-1, 1], s=5, color=colour, alpha=0.6, zorder=2, linewidths=0)
+        x, y = xy[-1]
+        # the base is what every other model is measured against: drawn last, on top, with a white halo
+        on_top = role == "base"
+        letters.append(ax.text(x, y, letter, color=colour, fontsize=17 if on_top else 15, fontweight="bold",
+                               ha="center", va="center", zorder=7 if on_top else 4,
+                               path_effects=[pe.withStroke(linewidth=3, foreground="white")] if on_top else None))
+        if points[idx[-1]].get("label"):
+            labels.append((x, y, str(points[idx[-1]]["label"]), colour))
+    return seen, labels, letters
 
 
 def landscape_html(coords: np.ndarray, points: Sequence[Mapping[str, Any]], *, title: str) -> str:

@@ -137,3 +137,16 @@ def accuracy_figure(out: Path) -> Path:
 def distances_figure(out: Path) -> Path:
     """The matrix of distances among all final models."""
     return figures_dir(out) / "distances.png"
+
+
+def study_names() -> frozenset[str]:
+    """The names a study (or a sweep's combined report) may write at the top of its output folder: no
+    sweep entry's folder may take one of them.
+
+    Example:
+        >>> sorted(study_names())[:4]
+        ['.lock', 'attribution.csv', 'attribution.png', 'figures']
+    """
+    return frozenset(f(Path()).parts[0] for f in (runs_dir, study_file, lock_file, summary_file, report_md,
+                                                   report_html, tables_dir, figures_dir, outputs_file,
+                                                   attribution_table, attribution_figure))

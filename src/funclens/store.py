@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from funclens import __version__, paths
-from funclens.config import (DataCfg, ModelCfg, RunSpec, StudyCfg, TrainCfg,  # noqa: F401  (examples)
+from funclens.config import (MAX_EPOCHS, DataCfg, ModelCfg, RunSpec, StudyCfg, TrainCfg,  # noqa: F401  (examples)
                              canonical_json, from_dict, to_dict)
 from funclens.errors import ConfigError, StoreError
 
@@ -61,6 +61,29 @@ def _git_commit() -> str | None:
 
 
 GIT_COMMIT = _git_commit()
+
+
+def describe_commit(folder: Path) -> str:
+    """The short commit of the git work tree ``folder`` is in, marked when tracked files differ from it: what
+    a script that writes a document records of the code that ran it.
+
+    Args:
+        folder: any folder of the work tree.
+
+    Example:
+        >>> describe_commit(Path(tempfile.mkdtemp()))
+        'unknown (not a git checkout)'
+    """
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, check=True,
+                              timeout=30).stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return head + (" with uncommitted changes" if dirty else "")
 
 _TEMPORARY = re.compile(r"\..+\.\d+\.tmp")  # atomic_write_bytes's temporary name
 _PREDS = re.compile(r"preds/ep_(\d{3,})\.npy")
@@ -220,6 +243,8 @@ class Store:
     root: Path
     # report files as they were before a report began: (inode, mtime in ns) by name
     _before: dict[str, tuple[int, int]] | None = field(default=None, init=False, repr=False, compare=False)
+    # sha256 of the predictions this store wrote, by (run id, epoch): what a checkpoint vouches for
+    _preds_sha: dict[tuple[str, int], str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -487,14 +512,33 @@ class Store:
     def save_preds(self, run_id: str, epoch: int, probs: np.ndarray) -> None:
         """Store a ``[N, C]`` float16 softmax array for ``epoch`` (0 for post-hoc runs)."""
         assert probs.dtype == np.float16 and probs.ndim == 2
-        atomic_write_bytes(paths.preds_file(self.run_dir(run_id), epoch), _npy_bytes(probs))
+        data = _npy_bytes(probs)
+        atomic_write_bytes(paths.preds_file(self.run_dir(run_id), epoch), data)
+        self._preds_sha[(run_id, epoch)] = hashlib.sha256(data).hexdigest()
 
     def save_labels(self, run_id: str, labels: np.ndarray) -> None:
         """Store the test set's ``[N]`` integer labels with a run (DONE then lists them)."""
         atomic_write_bytes(paths.labels_file(self.run_dir(run_id)), _npy_bytes(np.asarray(labels, np.int64)))
 
     def save_checkpoint(self, run_id: str, state: dict) -> None:
+        """Write a run's resume state (after its epoch's predictions), stamped with the run's id and the sha256
+        of the predictions of every epoch it covers: a resume takes neither another run's checkpoint (a
+        fine-tuning run of another setting has the same tensors) nor predictions changed since."""
+        epoch = state.get("epoch") if isinstance(state, dict) else None
+        if isinstance(epoch, int) and 1 <= epoch <= MAX_EPOCHS:
+            state = {**state, "run": run_id,
+                     "preds_sha256": [self._preds_digest(run_id, e) for e in range(1, epoch + 1)]}
         atomic_write_bytes(paths.checkpoint_file(self.run_dir(run_id)), _torch_bytes(state))
+
+    def _preds_digest(self, run_id: str, epoch: int) -> str:
+        """The sha256 of a run's predictions of ``epoch`` as this store wrote them, else as they are on disk
+        (a resumed run's earlier epochs); empty when there is no such regular file."""
+        if (run_id, epoch) not in self._preds_sha:
+            p = paths.preds_file(self.run_dir(run_id), epoch)
+            if not os.path.isfile(p) or os.path.islink(p):
+                return ""
+            self._preds_sha[(run_id, epoch)] = sha256_file(p)
+        return self._preds_sha[(run_id, epoch)]
 
     def _checkpoint_fits(self, run_id: str, ck: Any) -> bool:
         """Whether a loaded checkpoint is one this run's resume can use: the structure ``train`` wrote,
@@ -514,7 +558,11 @@ class Store:
             if not isinstance(init, dict) or {k: tuple(v.shape) for k, v in ck["model"].items()} != \
                     {k: tuple(v.shape) for k, v in init.items() if torch.is_tensor(v)}:
                 return False
-        return all(paths.preds_file(run, e).is_file() for e in range(1, ck["epoch"] + 1))
+        digests = ck.get("preds_sha256")
+        if ck.get("run") != run_id or not isinstance(digests, list) or len(digests) != ck["epoch"]:
+            return False
+        self._preds_sha = {k: v for k, v in self._preds_sha.items() if k[0] != run_id}  # read them as they are now
+        return all(d and self._preds_digest(run_id, e) == d for e, d in enumerate(digests, start=1))
 
     def load_checkpoint(self, run_id: str) -> dict | None:
         """The last finished epoch's state, or None to start from scratch.

@@ -32,6 +32,29 @@ def study_record(study: StudyCfg, planned: list[PlannedRun]) -> dict:
     return {"funclens_version": __version__, "study": to_dict(study), "runs": [p.to_json() for p in planned]}
 
 
+def check_code(study: StudyCfg) -> StudyCfg:
+    """``study`` with its custom compressors pinned to their source files, once the code it names is known to
+    be there: its architecture's factory, its compressors, the libraries they need. Reads no data, so a
+    command running several studies (a sweep) refuses a later one before the first trains.
+
+    Args:
+        study: the study as configured.
+
+    Example:
+        >>> from funclens.config import CustomCfg, preset_study
+        >>> check_code(preset_study("quick").replace(custom=(CustomCfg("mine", "nosuchmod:squeeze"),)))
+        Traceback (most recent call last):
+        funclens.errors.ConfigError: custom compressor 'mine' (nosuchmod:squeeze): cannot import nosuchmod ...
+    """
+    from funclens.compress import require_libraries
+    from funclens.compress.custom import pin_custom
+    from funclens.models import check_arch
+
+    check_arch(study.model.arch)
+    require_libraries(study)
+    return study.replace(custom=pin_custom(study.custom))
+
+
 def pin_data(study: StudyCfg, ctx: RunContext) -> StudyCfg:
     """``study`` as `funclens study` plans it: its data, any given checkpoints and the source files of its
     custom compressors pinned to their content.
@@ -54,11 +77,8 @@ def pin_data(study: StudyCfg, ctx: RunContext) -> StudyCfg:
         True
     """
     from funclens.checkpoints import pin_checkpoints
-    from funclens.compress import require_libraries
-    from funclens.compress.custom import pin_custom
 
-    require_libraries(study)
-    study = study.replace(custom=pin_custom(study.custom))
+    study = check_code(study)
     data = preload_dataset(study.data, ctx)
     check_model_fits(study.model.arch, data)
     study = study.replace(data=identified(study.data, data))
@@ -84,9 +104,6 @@ def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int | None = None, exec
         FunclensError: a run failed on its input (exit 2); RuntimeError: a run failed on a fault of
             funclens (exit 1). Finished runs are kept either way.
     """
-    from funclens.models import check_arch
-
-    check_arch(study.model.arch)  # a factory that cannot be imported fails before the data are read
     # Read the data before any folder is made: a missing or damaged file is one clear error that leaves
     # nothing behind.
     study = pin_data(study, ctx)

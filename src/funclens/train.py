@@ -219,17 +219,22 @@ def train(spec: RunSpec, data: Dataset, *, device: torch.device | str = "cpu",
         t0 = time.perf_counter()
         train_loss = _train_epoch(spec, data, model, opt, gen, teacher_logits, device, epoch, on_step,
                                   channels_last, after_step)
-        train_time = time.perf_counter() - t0
+        train_time = time.perf_counter() - t0  # seconds of the training pass alone, without the evaluation
         probs, m = evaluate(model, data, device, channels_last, cfg.precision)
-        row = {"epoch": epoch, "train_loss": train_loss, "test_loss": m["test_loss"], "test_acc": m["test_acc"],
-               "train_seconds": train_time, "images_per_second": len(data.train_x) / train_time}
-        history.append(row)
+        history.append({"epoch": epoch, "train_loss": train_loss, "test_loss": m["test_loss"],
+                        "test_acc": m["test_acc"], "train_seconds": train_time,
+                        "images_per_second": len(data.train_x) / train_time})
         if on_epoch is not None:
-            # Copies, not views of live tensors: the hook may keep the checkpoint while training goes on.
-            ckpt = copy.deepcopy({"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                  "rng": _rng_state(gen), "history": history})
-            on_epoch(epoch, probs, row, ckpt)
+            on_epoch(epoch, probs, history[-1], _checkpoint(epoch, model, opt, gen, history))
     return model, history
+
+
+def _checkpoint(epoch: int, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
+                history: list[dict]) -> dict:
+    """What a resume after ``epoch`` needs (:func:`_restore` reads it back)."""
+    # Copies, not views of live tensors: the hook may keep the checkpoint while training goes on.
+    return copy.deepcopy({"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                          "rng": _rng_state(gen), "history": history})
 
 
 def _build(spec: RunSpec, data: Dataset, device: torch.device, init_state: dict | None,

@@ -58,7 +58,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, Callable, Collection, TypeVar
 
 import torch
@@ -203,6 +205,31 @@ def require_libraries(study: StudyCfg) -> None:
 
 
 # ---------------------------------------------------------------- helpers shared by the methods
+
+def import_extra(what: str, extra: str, *modules: str) -> ModuleType:
+    """Import the modules of an optional extra and return the first, or refuse in one line naming the extra
+    when one does not import (not installed, too old for a submodule, or broken).
+
+    Args:
+        what: what needs them, the subject of the error: ``"PT2E quantization"``.
+        extra: the funclens extra that installs them: ``"torchao"``.
+        modules: dotted module names; the first is the one returned.
+
+    Example:
+        >>> import_extra("structured pruning", "pruning", "torch_pruning").__name__
+        'torch_pruning'
+        >>> import_extra("this method", "nothing", "no_such_module")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        funclens.errors.ConfigError: this method needs no_such_module, which does not import here (...): pip ...
+    """
+    try:
+        for name in modules:
+            importlib.import_module(name)
+    except ImportError as e:
+        raise ConfigError(f"{what} needs {modules[0]}, which does not import here ({e}): "
+                          f'pip install "funclens[{extra}]"') from None
+    return importlib.import_module(modules[0])
+
 
 def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The Conv2d and Linear layers of ``model``, in ``named_modules`` order: what every method compresses.

@@ -49,13 +49,13 @@ import torch
 import torch.nn as nn
 
 from funclens.compress import CompressInfo, register
+from funclens.compress.torchao import import_torchao
 from funclens.config import ConfigError, Pt2eCfg
 
 CALIBRATION_CHUNK = 256  # images per calibration forward pass: bounds the observers' activation memory
 LATENCY_BATCH = 64       # images in the timed batch (the paper's batch size)
 LATENCY_WARMUP = 3       # untimed calls per model first: oneDNN primitive caches and the allocator warm up
 LATENCY_REPEATS = 20     # timed calls per model; LeNet on 64 8x8 digits takes about 1 ms a call on one core
-EXTRA_HINT = 'pip install "funclens[torchao]"'
 
 
 class FixedBatch(nn.Module):
@@ -156,13 +156,12 @@ def _quiet() -> Iterator[None]:
 
 def _torchao() -> SimpleNamespace:
     """torchao's PT2E entry points, or a one-line error naming the extra when torchao is missing."""
-    try:
-        import torchao
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
-    except ImportError as e:
-        raise ConfigError(f"PT2E quantization needs torchao, which is not installed: {EXTRA_HINT}") from e
-    return SimpleNamespace(version=torchao.__version__, prepare=prepare_pt2e, convert=convert_pt2e, xiq=xiq)
+    ao = import_torchao("PT2E quantization", "torchao.quantization.pt2e.quantize_pt2e",
+                        "torchao.quantization.pt2e.quantizer.x86_inductor_quantizer")
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+
+    return SimpleNamespace(version=ao.__version__, prepare=prepare_pt2e, convert=convert_pt2e, xiq=xiq)
 
 
 def _export(model: nn.Module, calibration: torch.Tensor) -> torch.fx.GraphModule:

@@ -26,17 +26,13 @@ import importlib.metadata
 import torch
 import torch.nn as nn
 
-from funclens.compress import CompressInfo, register, tensor_bytes, weight_layers
+from funclens.compress import CompressInfo, import_extra, register, tensor_bytes, weight_layers
 from funclens.config import ConfigError, StructuredPruneCfg
 
 
 def _torch_pruning():
     """The ``torch_pruning`` module, or a one-line error saying how to install it."""
-    try:
-        import torch_pruning as tp
-    except ImportError:
-        raise ConfigError('structured pruning needs Torch-Pruning: pip install "funclens[pruning]"') from None
-    return tp
+    return import_extra("structured pruning", "pruning", "torch_pruning")
 
 
 def output_layer(model: nn.Module, example: torch.Tensor) -> nn.Module:
@@ -89,6 +85,13 @@ def prune_channels(model: nn.Module, cfg: StructuredPruneCfg,
 
     Returns:
         The pruned model (the same object) and its :class:`CompressInfo`.
+
+    Example:
+        >>> from funclens.models import create_model
+        >>> m = create_model("lenet", in_shape=(1, 8, 8), num_classes=10)
+        >>> _, info = prune_channels(m, StructuredPruneCfg(0.25), torch.zeros(1, 1, 8, 8))
+        >>> m.conv1.out_channels, info.params < info.base_params
+        (24, True)
     """
     tp = _torch_pruning()
     if calibration is None or calibration.ndim != 4 or len(calibration) == 0:
@@ -97,18 +100,33 @@ def prune_channels(model: nn.Module, cfg: StructuredPruneCfg,
     model.eval()  # tracing runs forward passes, which in training mode would move BatchNorm statistics
     before = {n: tuple(m.weight.shape) for n, m in weight_layers(model)}
     base_params, base_macs = _counts(tp, model, example)
+    head = output_layer(model, example)
     pruner = tp.pruner.MagnitudePruner(model, example, importance=tp.importance.MagnitudeImportance(p=1),
-                                       pruning_ratio=cfg.amount, global_pruning=False,
-                                       ignored_layers=[output_layer(model, example)])
+                                       pruning_ratio=cfg.amount, global_pruning=False, ignored_layers=[head])
     pruner.step()
+    setting = f"channels {round(cfg.amount * 100, 4):g}%"
+    _check_all_pruned(model, head, before, setting)
     params, macs = _counts(tp, model, example)
     changed = [(n, m) for n, m in weight_layers(model) if tuple(m.weight.shape) != before.get(n)]
     return model, CompressInfo(
-        "prune", f"channels {round(cfg.amount * 100, 4):g}%", loadable=False,  # other shapes
+        "prune", setting, loadable=False,  # other shapes
         layers_compressed=len(changed), conv_layers_compressed=sum(isinstance(m, nn.Conv2d) for _, m in changed),
         weight_bytes=tensor_bytes(model),  # fp32, of the smaller model: the channels are gone, not zeroed
         amount=cfg.amount, scope="channels", params=params, macs=macs, base_params=base_params,
         base_macs=base_macs, library=f"torch-pruning {_version(tp)}")
+
+
+def _check_all_pruned(model: nn.Module, head: nn.Module, before: dict[str, tuple[int, ...]], setting: str) -> None:
+    """Refuse a pruning that left a layer of several channels whole: Torch-Pruning skips, without a word, a layer
+    that would lose every channel (a 32-channel layer past 31/32), and the row would then name a pruning the
+    model did not get (at 99.5% of LeNet's channels, the unpruned model itself)."""
+    layers = [(n, m) for n, m in weight_layers(model) if m is not head and before[n][0] > 1]
+    whole = [n for n, m in layers if m.weight.shape[0] == before[n][0]]
+    if whole:
+        raise ConfigError(f"structured pruning {setting} left {len(whole)} of {len(layers)} layers whole "
+                          f"({', '.join(whole[:5])}{', ...' if len(whole) > 5 else ''}): Torch-Pruning keeps a layer "
+                          "that would lose every channel, so the model is not pruned as the setting says; "
+                          "choose a smaller amount")
 
 
 def _version(tp) -> str:

@@ -53,10 +53,9 @@ import torch
 import torch.nn as nn
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
-from funclens.compress import CompressInfo, register, tensor_bytes, weight_layers
+from funclens.compress import CompressInfo, import_extra, register, tensor_bytes, weight_layers
 from funclens.config import ConfigError, TorchaoCfg
 
-INSTALL = 'pip install "funclens[torchao]"'
 INT4_CPU_GROUPS = (32, 64, 128)  # Int4OpaqueTensor.from_hp asserts these group sizes, weights per scale
 INT4_CPU_OUT_MULTIPLE = 16  # _convert_weight_to_int4pack_for_cpu: "expect N to be dividable by 16"
 
@@ -74,8 +73,13 @@ def _quiet_pytree_log() -> Iterator[None]:
         log.setLevel(level)
 
 
-def import_torchao() -> ModuleType:
-    """torchao, with the quantization configs this module uses, or a one-line error naming the extra.
+def import_torchao(what: str = "the torchao settings", *submodules: str) -> ModuleType:
+    """torchao, with the quantization configs this module uses and ``submodules``, or a one-line error
+    naming the extra: PT2E imports its entry points through this too.
+
+    Args:
+        what: what needs torchao, for the error.
+        submodules: more of torchao's modules that must import.
 
     Raises:
         ConfigError: torchao is not installed, or does not import here (too old, or broken).
@@ -84,15 +88,10 @@ def import_torchao() -> ModuleType:
         >>> import_torchao().__name__
         'torchao'
     """
-    try:
-        with _quiet_pytree_log():
-            import torchao
-            import torchao.quantization  # noqa: F401
-            import torchao.prototype.quantization.int4  # noqa: F401  (the CPU int4 format)
-    except ImportError as e:
-        raise ConfigError(f"the torchao settings need torchao>=0.18, which does not import here ({e}): "
-                          f"{INSTALL}") from None
-    return torchao
+    with _quiet_pytree_log():
+        return import_extra(what, "torchao", "torchao", "torchao.quantization",
+                            "torchao.prototype.quantization.int4",  # the CPU int4 format
+                            *submodules)
 
 
 def int4_group_size(cfg: TorchaoCfg) -> int:

@@ -71,7 +71,8 @@ def import_by_name(name: str, what: str) -> Callable[..., object]:
     except ImportError as e:
         raise ConfigError(f"{what}: cannot import {module_name} ({type(e).__name__}: {e}; is its folder "
                           "on PYTHONPATH?)") from None
-    except Exception as e:  # the user's module failed while it was imported: their code, not funclens
+    except (Exception, SystemExit) as e:  # the user's module failed while imported (an exit too: its code
+        # would otherwise set funclens's exit status, and 3 reads as a failed --fail-if)
         raise ConfigError(f"{what}: importing {module_name} failed ({type(e).__name__}: {e})") from None
     fn = getattr(module, fn_name, None)
     if fn is None or not callable(fn):
