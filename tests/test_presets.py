@@ -54,9 +54,10 @@ def test_the_reproduction_study_files_are_the_paper_grid_reduced_and_say_so():
 
     from funclens.config import load_study_toml, preset_study
 
-    # the reduced reproductions; the sweeps of several recipes there are other studies (test_teacher_or_start)
+    # the reduced reproductions; the sweeps of several recipes there are other studies (test_teacher_or_start),
+    # and the full studies grown with more settings are checked below
     files = sorted(f for f in (Path(__file__).resolve().parents[1] / "docs" / "studies").glob("*.toml")
-                   if "[[sweep]]" not in f.read_text())
+                   if "[[sweep]]" not in f.read_text() and not f.stem.endswith("-field"))
     assert files
     for f in files:
         s = load_study_toml(f)
@@ -65,3 +66,16 @@ def test_the_reproduction_study_files_are_the_paper_grid_reduced_and_say_so():
         assert (s.seeds, s.distill, s.quantize, s.prune) == (full.seeds, full.distill, full.quantize, full.prune)
         assert s.train.epochs < full.train.epochs
         assert "reduc" in f.read_text().lower()  # labelled as a reduction in the file itself
+
+
+def test_a_grown_full_study_keeps_its_presets_name_runs_and_recipe():
+    from pathlib import Path
+
+    from funclens.config import load_study_toml, preset_study
+    from funclens.plan import plan
+
+    f = Path(__file__).resolve().parents[1] / "docs" / "studies" / "paper-mnist-field.toml"
+    grown, preset = load_study_toml(f), preset_study("paper-mnist")
+    # the same name (so it grows the preset's folder), the same recipe, and every run of the preset among its own
+    assert (grown.name, grown.train, grown.data) == (preset.name, preset.train, preset.data)
+    assert {p.run_id for p in plan(preset)} <= {p.run_id for p in plan(grown)}
