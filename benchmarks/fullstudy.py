@@ -87,9 +87,13 @@ def bf16_cost(folder: Path) -> dict[str, Any] | None:
             for r in summary.get("rows", []) if r.get("method") == "precision"]
     if not rows:
         return None
-    commits = summary.get("setup", {}).get("git_commits") or ["unknown"]
+    twins = [r for r in summary["rows"] if r.get("method") == "precision"]
+    try:  # the commit that trained the twins, as their own metrics.json records it
+        commit = json.loads((folder / "runs" / twins[0]["runs"][0] / "metrics.json").read_text())["git_commit"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        commit = "unknown"
     return {"rows": rows, "independent_mean": summary["reference"]["independent_mean"],
-            "commit": str(commits[-1])[:7], "num_test": summary["num_test"]}
+            "commit": str(commit)[:7], "num_test": summary["num_test"]}
 
 
 def flop_parts(counts: dict[str, int], n_train: int, n_test: int, flops: dict[str, Any]) -> dict[str, float]:
