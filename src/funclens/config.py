@@ -64,6 +64,18 @@ MAX_STUDY_FILE_BYTES = 1 << 20  # a study file is a few hundred bytes of TOML
 NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 
 
+def _check_count(value: Any, lo: int, hi: int, what: str) -> None:
+    _check(_is_int(value) and lo <= value <= hi, f"{what} must be an integer in {lo}..{hi}, got {value!r}")
+
+
+def _check_scheme(scheme: Any, known: tuple[str, ...], what: str, group_size: Any, grouped: str) -> None:
+    """A quantization scheme among ``known``, and a group size only for the one scheme that takes it."""
+    _check(scheme in known, f"unknown {what} {scheme!r}; known: {', '.join(known)}")
+    _check(_is_int(group_size) and 0 <= group_size <= MAX_GROUP,
+           f"group_size must be an integer in 0..{MAX_GROUP}, got {group_size}")
+    _check(group_size == 0 or scheme == grouped, f"group_size applies to {grouped} only")
+
+
 def _distinct(values: tuple, what: str, label: Callable[[Any], str] = str) -> None:
     """Refuse a list that names one setting twice: its runs would be shared and averaged as several."""
     seen: set[str] = set()
@@ -363,10 +375,7 @@ class QuantCfg:
     group_size: int = field(default=0, metadata={"help": "4-bit only: weights per scale along the input (0: per channel)"})
 
     def __post_init__(self) -> None:
-        _check(self.scheme in QUANT_SCHEMES, f"unknown quantization {self.scheme!r}; known: {', '.join(QUANT_SCHEMES)}")
-        _check(_is_int(self.group_size) and 0 <= self.group_size <= MAX_GROUP,
-               f"group_size must be an integer in 0..{MAX_GROUP}, got {self.group_size}")
-        _check(self.group_size == 0 or self.scheme == "4-bit", "group_size applies to 4-bit only")
+        _check_scheme(self.scheme, QUANT_SCHEMES, "quantization", self.group_size, "4-bit")
 
 
 @dataclass(frozen=True)
@@ -390,11 +399,7 @@ class TorchaoCfg:
     group_size: int = field(default=0, metadata={"help": "int4-weight-only: weights per scale (0: torchao's default)"})
 
     def __post_init__(self) -> None:
-        _check(self.scheme in TORCHAO_SCHEMES,
-               f"unknown torchao scheme {self.scheme!r}; known: {', '.join(TORCHAO_SCHEMES)}")
-        _check(_is_int(self.group_size) and 0 <= self.group_size <= MAX_GROUP,
-               f"group_size must be an integer in 0..{MAX_GROUP}, got {self.group_size}")
-        _check(self.group_size == 0 or self.scheme == "int4-weight-only", "group_size applies to int4-weight-only only")
+        _check_scheme(self.scheme, TORCHAO_SCHEMES, "torchao scheme", self.group_size, "int4-weight-only")
 
 
 @dataclass(frozen=True)
@@ -404,8 +409,7 @@ class Pt2eCfg:
     calibration: int = field(default=512, metadata={"help": "training images the observers see"})
 
     def __post_init__(self) -> None:
-        _check(_is_int(self.calibration) and 1 <= self.calibration <= MAX_CALIBRATION,
-               f"calibration must be an integer in 1..{MAX_CALIBRATION}, got {self.calibration!r}")
+        _check_count(self.calibration, 1, MAX_CALIBRATION, "calibration")
 
 
 @dataclass(frozen=True)
@@ -435,8 +439,7 @@ class CustomCfg:
                f"custom name must be 1 to 64 letters, digits, '.', '_' or '-', got {self.name!r}")
         _check(isinstance(self.fn, str) and _ARCH_FORMS[1].fullmatch(self.fn) is not None,
                f'custom {self.name}: fn must be "package.module:function", got {self.fn!r}')
-        _check(_is_int(self.calibration) and 0 <= self.calibration <= MAX_CALIBRATION,
-               f"custom {self.name}: calibration must be an integer in 0..{MAX_CALIBRATION}, got {self.calibration!r}")
+        _check_count(self.calibration, 0, MAX_CALIBRATION, f"custom {self.name}: calibration")
         _check(self.source_sha256 == "" or _SHA256_HEX.fullmatch(self.source_sha256) is not None,
                f"custom {self.name}: source_sha256 must be a sha256 in hex, got {self.source_sha256!r}")
 
@@ -766,8 +769,7 @@ class StudyCfg:
         _check(_is_int(self.finetune_epochs) and 0 <= self.finetune_epochs <= MAX_EPOCHS,
                f"finetune_epochs must be an integer in 0..{MAX_EPOCHS}, got {self.finetune_epochs!r}")
         _check(isinstance(self.pt2e, bool), f"pt2e must be true or false, got {self.pt2e!r}")
-        _check(_is_int(self.calibration_images) and 1 <= self.calibration_images <= MAX_CALIBRATION,
-               f"calibration_images must be an integer in 1..{MAX_CALIBRATION}, got {self.calibration_images!r}")
+        _check_count(self.calibration_images, 1, MAX_CALIBRATION, "calibration_images")
         _distinct(tuple(c.name for c in self.custom), "custom")
         _check(self.metric in ("disagreement", "js", "kl", "tv"), f"unknown metric {self.metric!r}")
         _check(isinstance(self.precision_check, bool),
