@@ -3,7 +3,8 @@
 A full study takes an hour or more of both cores, so the benchmark never runs one: the wall time is read from
 ``<folder>.time`` (first word, seconds, written by the command that ran the study) when the study's folder is
 here, and otherwise from the measured entries kept in ``full_studies.json``, each with the commit that ran
-it. A fresh measurement found here is added to that file, so it outlives the results folder.
+it. A fresh measurement found here is added to that file, so it outlives the results folder. A study trained
+in bf16 is set beside the bf16 ceiling, an fp32 one beside the fp32 ceiling.
 """
 
 from __future__ import annotations
@@ -11,14 +12,52 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from common import BENCH_DIR, REPO
 
 RECORDS = BENCH_DIR / "full_studies.json"
-# Full studies set beside their FLOP count: (preset, arch, input shape, classes, the study's folder).
-FULL_STUDIES = (("paper-mnist", "lenet", (1, 28, 28), 10, "results/paper-mnist"),
-                ("paper-cifar10", "lenet", (3, 32, 32), 10, "results/paper-cifar10-lenet"))
+
+
+class FullStudy(NamedTuple):
+    """A full study set beside its FLOP count: how to run it, where it runs, what its inputs are."""
+    preset: str
+    arch: str
+    in_shape: tuple[int, ...]
+    classes: int
+    precision: str    # fp32 or bf16: which ceiling it is set beside
+    folder: str       # the study's folder, relative to the repository; its wall time is in <folder>.time
+    study_file: str   # "" for the preset itself, else the study file (relative to the repository) that ran
+
+
+FULL_STUDIES = (
+    FullStudy("paper-mnist", "lenet", (1, 28, 28), 10, "fp32", "results/paper-mnist", ""),
+    FullStudy("paper-cifar10", "lenet", (3, 32, 32), 10, "fp32", "results/paper-cifar10-lenet", ""),
+    FullStudy("paper-mnist", "lenet", (1, 28, 28), 10, "bf16", "results/paper-mnist-bf16",
+              "docs/studies/paper-mnist-bf16.toml"),
+    FullStudy("paper-cifar10", "lenet", (3, 32, 32), 10, "bf16", "results/paper-cifar10-lenet-bf16",
+              "docs/studies/paper-cifar10-lenet-bf16.toml"))
+
+
+def study_of(fs: FullStudy):
+    """The study a full-study entry runs: its preset, or its study file."""
+    from funclens.config import load_study_toml, preset_study
+
+    return load_study_toml(REPO / fs.study_file) if fs.study_file else preset_study(fs.preset, fs.arch)
+
+
+def flags_of(fs: FullStudy) -> str:
+    """The ``funclens study`` arguments that name the study (data and output flags left out)."""
+    from funclens.config import PRESET_ARCHS
+
+    if fs.study_file:
+        return fs.study_file
+    return f"--preset {fs.preset}" + (f" --arch {fs.arch}" if len(PRESET_ARCHS[fs.preset]) > 1 else "")
+
+
+def _same_study(record: dict[str, Any], fs: FullStudy) -> bool:
+    # entries kept before bf16 studies were timed carry no precision: they are fp32
+    return (record["preset"], record["arch"], record.get("precision", "fp32")) == (fs.preset, fs.arch, fs.precision)
 
 
 def read_records(path: Path = RECORDS, key: str = "studies") -> list[dict[str, Any]]:
@@ -35,12 +74,12 @@ def read_records(path: Path = RECORDS, key: str = "studies") -> list[dict[str, A
     return json.loads(path.read_text()).get(key, [])
 
 
-def _measured_here(study, preset: str, folder: str, date: str) -> dict[str, Any] | None:
-    """The entry for a finished study in ``REPO/folder`` with its ``.time`` file, or None."""
+def _measured_here(fs: FullStudy, date: str) -> dict[str, Any] | None:
+    """The entry for a finished study in ``REPO/fs.folder`` with its ``.time`` file, or None."""
     from funclens.errors import StoreError
     from funclens.store import Store
 
-    path = REPO / folder
+    path = REPO / fs.folder
     time_file = path.with_suffix(".time")
     if not time_file.is_file():
         return None
@@ -57,10 +96,10 @@ def _measured_here(study, preset: str, folder: str, date: str) -> dict[str, Any]
         return None
     base = store.load_metrics(base_id)
     note = time_file.read_text().split(maxsplit=1)[1].strip() if len(time_file.read_text().split()) > 1 else ""
-    return {"preset": preset, "arch": study.model.arch, "folder": folder, "wall_s": wall_s,
+    return {"preset": fs.preset, "arch": fs.arch, "precision": fs.precision, "folder": fs.folder, "wall_s": wall_s,
             "commit": (base.get("git_commit") or "unknown")[:7], "n_train": int(base["train_images"]),
             "n_test": int(base["test_images"]), "reported": date,
-            "note": f"read from {folder}.time" + (f" ({note})" if note else ""), "plan": _recorded_counts(store)}
+            "note": f"read from {fs.folder}.time" + (f" ({note})" if note else ""), "plan": _recorded_counts(store)}
 
 
 def _recorded_counts(store) -> dict[str, int]:
@@ -130,37 +169,38 @@ def _counts(study) -> dict[str, int]:
             "posthoc": len(planned) - len(trainings), "epochs": study.train.epochs}
 
 
-def full_studies(ceiling_gflops: float, date: str, records_path: Path = RECORDS) -> list[dict[str, Any]]:
-    """One row per study of FULL_STUDIES: counts, FLOPs, time at the ceiling, newest measured wall time.
+def full_studies(ceiling: dict[str, float], date: str, records_path: Path = RECORDS) -> list[dict[str, Any]]:
+    """One row per study of FULL_STUDIES: counts, FLOPs, time at the ceiling of its precision, newest measured
+    wall time.
 
     Args:
-        ceiling_gflops: the fp32 ceiling with all cores, GFLOP/s.
+        ceiling: the ceilings with all cores, GFLOP/s: ``fp32_all`` and ``bf16_all`` (``ceiling.py``'s ``used``).
         date: this run's date, given to an entry measured here for the first time.
         records_path: the measured entries kept so far; a new one is appended to it.
     """
     from ceiling import lenet_flops
-    from funclens.config import PRESET_ARCHS, preset_study
 
     records = read_records(records_path)
     rows = []
-    for preset, arch, in_shape, classes, folder in FULL_STUDIES:
-        study = preset_study(preset, arch)
-        flags = f"--preset {preset}" + (f" --arch {arch}" if len(PRESET_ARCHS[preset]) > 1 else "")
-        row: dict[str, Any] = {"preset": preset, "arch": arch, "flags": flags, "folder": folder, **_counts(study)}
-        fresh = _measured_here(study, preset, folder, date)
+    for fs in FULL_STUDIES:
+        study = study_of(fs)
+        row: dict[str, Any] = {"preset": fs.preset, "arch": fs.arch, "precision": fs.precision,
+                               "flags": flags_of(fs), "folder": fs.folder,
+                               "ceiling_gflops": ceiling[f"{fs.precision}_all"], **_counts(study)}
+        fresh = _measured_here(fs, date)
         if fresh is not None and not any(r["commit"] == fresh["commit"] and r["wall_s"] == fresh["wall_s"]
                                          for r in records):
             records.append(fresh)
             _write_records(records_path, records)
-        kept = [r for r in records if r["preset"] == preset and r["arch"] == arch]
-        cost = [c for c in read_records(records_path, "bf16_cost") if c["preset"] == preset and c["arch"] == arch]
+        kept = [r for r in records if _same_study(r, fs)]
+        cost = [c for c in read_records(records_path, "bf16_cost") if _same_study(c, fs)]
         if cost:
             row["bf16_cost"] = cost[-1]
         if kept:
             rec = kept[-1]
             row.update(rec.get("plan") or {})   # the counts of the plan that was timed, where recorded
-            parts = flop_parts(row, rec["n_train"], rec["n_test"], lenet_flops(in_shape, classes))
-            limit_s = sum(parts.values()) / (ceiling_gflops * 1e9)
+            parts = flop_parts(row, rec["n_train"], rec["n_test"], lenet_flops(fs.in_shape, fs.classes))
+            limit_s = sum(parts.values()) / (row["ceiling_gflops"] * 1e9)
             row.update(measured=rec, historical=fresh is None, parts=parts, total=sum(parts.values()),
                        limit_s=limit_s, pct_of_ceiling=100 * limit_s / rec["wall_s"])
         rows.append(row)
@@ -187,23 +227,20 @@ def record(date: str, records_path: Path = RECORDS) -> list[str]:
     Returns:
         One line per entry added.
     """
-    from funclens.config import preset_study
-
     added = []
-    for preset, arch, _, _, folder in FULL_STUDIES:
-        study = preset_study(preset, arch)
-        fresh = _measured_here(study, preset, folder, date)
+    for fs in FULL_STUDIES:
+        fresh = _measured_here(fs, date)
         records = read_records(records_path)
         if fresh is not None and not any(r["commit"] == fresh["commit"] and r["wall_s"] == fresh["wall_s"]
                                          for r in records):
             _write_records(records_path, [*records, fresh])
-            added.append(f"{folder}: {fresh['wall_s']:.0f} s at {fresh['commit']}")
-        cost = bf16_cost(REPO / folder)
+            added.append(f"{fs.folder}: {fresh['wall_s']:.0f} s at {fresh['commit']}")
+        cost = bf16_cost(REPO / fs.folder)
         costs = read_records(records_path, "bf16_cost")
         if cost is not None and not any(c["rows"] == cost["rows"] for c in costs):
-            _write_records(records_path, [*costs, {"preset": preset, "arch": arch, "folder": folder,
+            _write_records(records_path, [*costs, {"preset": fs.preset, "arch": fs.arch, "folder": fs.folder,
                                                    "reported": date, **cost}], "bf16_cost")
-            added.append(f"{folder}: bf16 cost of {len(cost['rows'])} twins")
+            added.append(f"{fs.folder}: bf16 cost of {len(cost['rows'])} twins")
     return added
 
 
@@ -218,10 +255,12 @@ def main(argv: list[str]) -> int:
         return 0
     if argv[:1] == ["refresh"] and len(argv) == 2:
         import render
+        from run import targets
 
         path = Path(argv[1])
         results = json.loads(path.read_text())
-        results["full_studies"] = full_studies(results["ceiling"]["used"]["fp32_all"], date)
+        results["full_studies"] = full_studies(results["ceiling"]["used"], date)
+        results["targets"] = targets(results)  # the full studies' targets follow their new rows
         path.write_text(json.dumps(results, indent=1) + "\n")  # as run.py writes it
         render.render_file(path, path.with_suffix(".md"))
         return 0

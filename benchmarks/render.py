@@ -122,10 +122,22 @@ def _full_study_cells(th: float, v: float | None, r: dict[str, Any]) -> list[str
                   f"the ceiling ({pm['pct_of_ceiling']:.1f}% of the ceiling); see section 5"]
 
 
+def _full_mnist_cells(precision: str):
+    def cells(th: float, v: float | None, r: dict[str, Any]) -> list[str]:
+        s = next(s for s in r["full_studies"] if s["preset"] == "paper-mnist" and s.get("precision") == precision)
+        what = f"full LeNet MNIST study ({s['flags']}) in {precision} on 2 cores < {fmt_s(th)}"
+        if v is None:
+            return [what, f"not run here (no {s['folder']}.time)"]
+        return [what, f"{fmt_s(v)} (commit {s['measured']['commit'][:7]}), {s['pct_of_ceiling']:.1f}% of the "
+                      f"{precision} ceiling; see section 5"]
+    return cells
+
+
 # target key -> what the target asks and what was measured, in words, from its threshold, value and the data
 _TARGET_CELLS = {"train_pct_of_ceiling": _train_cells, "speedup": _speedup_cells,
                  "analysis_seconds": _analysis_cells, "analysis_peak_gib": _memory_cells,
-                 "bf16_speedup": _bf16_cells, "full_study_wall_s": _full_study_cells}
+                 "bf16_speedup": _bf16_cells, "full_study_wall_s": _full_study_cells,
+                 "full_mnist_fp32_s": _full_mnist_cells("fp32"), "full_mnist_bf16_s": _full_mnist_cells("bf16")}
 
 
 def _target_cells(t: dict[str, Any], r: dict[str, Any]) -> list[str]:
@@ -310,11 +322,14 @@ def analysis_section(r: dict[str, Any]) -> list[str]:
 
 def _full_row(s: dict[str, Any]) -> list[Any]:
     name = f"`{s['flags']}`"
+    # rows written before bf16 studies were timed carry no precision: fp32, beside the fp32 ceiling
+    precision = [s["precision"], f"{s['ceiling_gflops']:.1f}"] if "precision" in s else []
     if "measured" not in s:
-        return [name, s["trainings"], s["posthoc"], f"not run here (no `{s['folder']}`)", *[""] * 8]
+        return [name, *precision, s["trainings"], s["posthoc"], f"not run here (no `{s['folder']}`)", *[""] * 8]
     rec = s["measured"]
-    return [name, s["trainings"], s["posthoc"], *(f"{v:.3e}" for v in s["parts"].values()), f"{s['total']:.3e}",
-            fmt_s(s["limit_s"]), f"**{fmt_s(rec['wall_s'])}**", f"{s['pct_of_ceiling']:.1f}%", rec["commit"][:7]]
+    return [name, *precision, s["trainings"], s["posthoc"], *(f"{v:.3e}" for v in s["parts"].values()),
+            f"{s['total']:.3e}", fmt_s(s["limit_s"]), f"**{fmt_s(rec['wall_s'])}**", f"{s['pct_of_ceiling']:.1f}%",
+            rec["commit"][:7]]
 
 
 def _full_sources(studies: list[dict[str, Any]]) -> list[str]:
@@ -333,16 +348,21 @@ def fullstudy_section(r: dict[str, Any]) -> list[str]:
     studies = r["full_studies"]
     parts = next((list(s["parts"]) for s in studies if "parts" in s), [
         "training", "test evaluation", "teacher logits (once per teacher)", "post-hoc evaluation"])
-    head = ["study", "trainings", "post-hoc", *parts, "total FLOPs", "at 100% of the ceiling", "measured wall time",
-            "% of the ceiling", "commit"]
+    by_precision = any("precision" in s for s in studies)
+    head = ["study", *(["precision", "its ceiling, GFLOP/s"] if by_precision else []), "trainings", "post-hoc",
+            *parts, "total FLOPs", "at 100% of the ceiling", "measured wall time", "% of the ceiling", "commit"]
+    ceiling = (f"the ceiling of its training precision measured above ({r['ceiling']['used']['fp32_all']:.1f} "
+               f"GFLOP/s in fp32, {r['ceiling']['used']['bf16_all']:.1f} in bf16, all cores; a bf16 study's "
+               "forward passes run in bf16, its backward passes partly, so neither ceiling is exact for it)"
+               if by_precision else f"the ceiling measured above ({r['ceiling']['used']['fp32_all']:.1f} GFLOP/s)")
     return [f"## {SECTIONS[5]}", "",
-            "Each full study as funclens plans it (3 seeds, 9 students and a control, 16/8-bit, 5 pruning "
+            "Each full study as funclens plans it (3 seeds, 9 students and the controls, 16/8-bit, 5 pruning "
             "amounts, 25 epochs on every training image, test evaluation after every epoch), its FLOPs counted "
-            "as in section 3, the time that work takes at 100% of the ceiling measured above "
-            f"({r['ceiling']['used']['fp32_all']:.1f} GFLOP/s), and the real run's wall time on this machine, "
-            "read from `<folder>.time` (written by the command that ran it); the study's own files give the "
-            "image counts and the commit that ran it. Where the study's folder is not here, the newest entry "
-            "kept in `benchmarks/full_studies.json` (one per measured run) stands in.", "",
+            f"as in section 3, the time that work takes at 100% of {ceiling}, and the real run's wall time on "
+            "this machine, read from `<folder>.time` (written by the command that ran it); the study's own files "
+            "give the image counts, the counts of the runs it planned and the commit that ran it. Where the "
+            "study's folder is not here, the newest entry kept in `benchmarks/full_studies.json` (one per "
+            "measured run) stands in.", "",
             *_table(head, [_full_row(s) for s in studies]), "", *_full_sources(studies), "",
             "A full run takes an hour or more of both cores, so this command does not repeat them: each row's "
             "wall time is from its commit, which may predate the code measured in sections 2 and 3. Compare the "

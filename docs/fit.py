@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import multiprocessing
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -231,6 +232,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     if not (1 <= args.epochs <= 10_000 and args.train_subset >= 0 and args.test_subset >= 0 and args.jobs >= 1
             and args.tolerance >= 0):
         raise ConfigError("--epochs must be in 1..10000, --jobs at least 1, subsets and --tolerance at least 0")
+    if args.out:  # checked before the search, which takes half an hour, not after it
+        out = Path(args.out)
+        if out.is_dir() or not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+            raise ConfigError(f"--out {args.out}: not a file in a writable folder")
     return args
 
 
@@ -251,12 +256,16 @@ def main(argv: list[str]) -> int:
     try:
         args = parse(argv)
         text = run(args, shlex.join(["docs/fit.py", *argv]))
-        if args.out:
-            Path(args.out).write_text(text)
     except FunclensError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(text, end="")
+    try:
+        if args.out:
+            Path(args.out).write_text(text)
+    except OSError as e:  # the search's result is on stdout already: nothing measured is lost
+        print(f"error: could not write {args.out}: {e.strerror}", file=sys.stderr)
+        return 2
     return 0
 
 

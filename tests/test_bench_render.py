@@ -46,7 +46,8 @@ def test_header_and_targets_hold_the_measured_figures(quick):
 def _target_figure(t: dict) -> str:
     v = t["value"]
     return {"train_pct_of_ceiling": f"{v:.1f}%", "speedup": f"{v:.2f}x", "analysis_seconds": f"{v:.2f} s",
-            "analysis_peak_gib": f"{v:.2f} GiB", "full_study_wall_s": render.fmt_s(v)}[t["key"]]
+            "analysis_peak_gib": f"{v:.2f} GiB", "full_study_wall_s": render.fmt_s(v),
+            "full_mnist_fp32_s": render.fmt_s(v), "full_mnist_bf16_s": render.fmt_s(v)}[t["key"]]
 
 
 def test_tables_hold_every_figure(quick):
@@ -133,24 +134,53 @@ def test_cli_writes_the_markdown_beside_the_json(tmp_path):
 
 def test_full_studies_flops_from_the_plan_and_wall_times_from_the_records(tmp_path):
     from ceiling import lenet_flops
-    from fullstudy import RECORDS, full_studies, read_records
+    from fullstudy import FULL_STUDIES, RECORDS, _counts, full_studies, read_records, study_of
 
     records = tmp_path / "full_studies.json"
     records.write_text(RECORDS.read_text())
-    rows = full_studies(100.0, "2026-01-01 00:00 UTC", records_path=records)
+    rows = full_studies({"fp32_all": 100.0, "bf16_all": 400.0}, "2026-01-01 00:00 UTC", records_path=records)
     kept = read_records(records)
-    # the counts of the plan that was timed, as each record keeps them (13 trainings, 7 post-hoc runs: the
-    # presets before the no-teacher control and the noise floor joined them), not today's plan
-    assert [(r["preset"], r["trainings"], r["posthoc"], r["epochs"]) for r in rows] == [
-        ("paper-mnist", 13, 7, 25), ("paper-cifar10", 13, 7, 25)]
-    for r in rows:
-        assert r["measured"] in kept and r["total"] == sum(r["parts"].values())
-        assert r["limit_s"] == pytest.approx(r["total"] / 100e9)
-        assert r["pct_of_ceiling"] == pytest.approx(100 * r["limit_s"] / r["measured"]["wall_s"])
-    # 13 trainings (3 seeds, 9 students, the random control) x 25 epochs x 60,000 images x LeNet's 15,786,240
-    # training FLOPs per image; CIFAR-10 the same on its 50,000 images at its own FLOPs per image
-    assert rows[0]["parts"]["training"] == 13 * 25 * 60000 * 15786240
-    assert rows[1]["parts"]["training"] == 13 * 25 * 50000 * lenet_flops((3, 32, 32), 10)["train"]
+    assert [(r["preset"], r["precision"]) for r in rows] == [(fs.preset, fs.precision) for fs in FULL_STUDIES]
+    assert {r["precision"] for r in rows} == {"fp32", "bf16"}
+    for r, fs in zip(rows, FULL_STUDIES):
+        same = [k for k in kept if (k["preset"], k["arch"], k.get("precision", "fp32")) == (fs.preset, fs.arch,
+                                                                                          fs.precision)]
+        assert r["ceiling_gflops"] == {"fp32": 100.0, "bf16": 400.0}[fs.precision]
+        if not same:  # never timed: today's plan, no figures
+            assert "measured" not in r and r["trainings"] == _counts(study_of(fs))["trainings"]
+            continue
+        # the newest record of the same study and precision, with the counts of the plan it timed (the
+        # presets before the controls joined them had 13 trainings and 7 post-hoc runs), not today's plan
+        rec = same[-1]
+        assert r["measured"] == rec and (r["trainings"], r["posthoc"]) == (rec["plan"]["trainings"],
+                                                                           rec["plan"]["posthoc"])
+        assert r["total"] == sum(r["parts"].values())
+        assert r["limit_s"] == pytest.approx(r["total"] / (r["ceiling_gflops"] * 1e9))
+        assert r["pct_of_ceiling"] == pytest.approx(100 * r["limit_s"] / rec["wall_s"])
+        # trainings x 25 epochs x every training image x LeNet's training FLOPs per image at the input's shape
+        assert r["parts"]["training"] == r["trainings"] * 25 * rec["n_train"] * lenet_flops(fs.in_shape, 10)["train"]
+    assert rows[0]["measured"]["n_train"] == 60000 and lenet_flops((1, 28, 28), 10)["train"] == 15786240
+    # a study file's study is what it says: the preset with bf16 training
+    bf16 = next(fs for fs in FULL_STUDIES if fs.precision == "bf16")
+    assert study_of(bf16).train.precision == "bf16" and study_of(bf16).name == bf16.preset
+
+
+def test_full_mnist_targets_follow_the_measured_wall_times(quick):
+    res = copy.deepcopy(quick)
+    timed = {**res["full_studies"][0], "precision": "fp32", "ceiling_gflops": 100.0, "folder": "results/x"}
+    timed["measured"] = {**timed["measured"], "wall_s": 2000.0, "commit": "abcdef0"}
+    untimed = {k: v for k, v in timed.items() if k not in ("measured", "parts", "total", "limit_s", "pct_of_ceiling")}
+    res["full_studies"] = [timed, {**untimed, "precision": "bf16", "flags": "docs/studies/x.toml"}]
+    t = {x["key"]: x for x in run.targets(res)}
+    assert (t["full_mnist_fp32_s"]["met"], t["full_mnist_fp32_s"]["value"]) == (True, 2000.0)
+    assert (t["full_mnist_bf16_s"]["met"], t["full_mnist_bf16_s"]["value"]) == (None, None)
+    res["full_studies"][0]["measured"]["wall_s"] = 45 * 60.0   # not under the target
+    res["targets"] = run.targets(res)
+    md = render.render(res)
+    fp32 = next(x for x in md.splitlines() if x.startswith("| full LeNet MNIST study (--preset paper-mnist) in fp32"))
+    assert "45.0 min (commit abcdef0)" in fp32 and fp32.endswith("| **no** |")
+    bf16 = next(x for x in md.splitlines() if x.startswith("| full LeNet MNIST study (docs/studies/x.toml) in bf16"))
+    assert "not run here (no results/x.time)" in bf16 and bf16.endswith("| - |")
 
 
 def test_a_bf16_measurement_renders_as_a_target_and_section_6(quick):

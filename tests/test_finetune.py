@@ -160,3 +160,12 @@ def test_a_resumed_finetuning_takes_nothing_from_another_runs_files(trained, tmp
     for e in (1, 2):
         assert np.array_equal(hurt.load_preds(this.run_id, e), Store(out).load_preds(this.run_id, e)), e
 
+
+
+def test_finetuning_a_study_that_prunes_nothing_is_refused_in_one_line(tmp_path):
+    study = tmp_path / "s.toml"
+    study.write_text('preset = "quick"\nprune = []\nfinetune_epochs = 2\n')
+    r = run_cli("study", str(study), "--out", str(tmp_path / "out"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "finetune_epochs fine-tunes pruned models, but the study prunes nothing" in r.stderr
+    assert not (tmp_path / "out").exists()

@@ -83,3 +83,10 @@ def test_bad_options_are_one_line_and_exit_2(capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "rmsprop" in err and "sgd-momentum" in err
     assert fit.main(["--datasets", "mnist", "--epochs", "0"]) == 2
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_the_search(tmp_path, capsys):
+    for out in (tmp_path / "absent" / "fit.md", tmp_path):  # a missing folder; a folder, not a file
+        assert fit.main(["--datasets", "mnist", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --out {out}: not a file in a writable folder") and err.count("\n") == 1

@@ -768,6 +768,10 @@ class StudyCfg:
         _distinct(self.noise, "noise", lambda k: f"{k:g}x")  # as plan() labels them
         _check(_is_int(self.finetune_epochs) and 0 <= self.finetune_epochs <= MAX_EPOCHS,
                f"finetune_epochs must be an integer in 0..{MAX_EPOCHS}, got {self.finetune_epochs!r}")
+        # a setting that would change nothing is a misunderstanding worth a line, not a study without the rows
+        _check(self.finetune_epochs == 0 or bool(self.prune or self.prune_global or self.prune_structured),
+               "finetune_epochs fine-tunes pruned models, but the study prunes nothing (prune, prune_global and "
+               "prune_structured are all empty)")
         _check(isinstance(self.pt2e, bool), f"pt2e must be true or false, got {self.pt2e!r}")
         _check_count(self.calibration_images, 1, MAX_CALIBRATION, "calibration_images")
         _distinct(tuple(c.name for c in self.custom), "custom")
