@@ -55,9 +55,9 @@ def test_the_reproduction_study_files_are_the_paper_grid_reduced_and_say_so():
     from funclens.config import load_study_toml, preset_study
 
     # the reduced reproductions; the sweeps of several recipes there are other studies (test_teacher_or_start),
-    # and the full studies grown with more settings are checked below
+    # and the full studies grown with more settings or trained in bf16 are checked below
     files = sorted(f for f in (Path(__file__).resolve().parents[1] / "docs" / "studies").glob("*.toml")
-                   if "[[sweep]]" not in f.read_text() and not f.stem.endswith("-field"))
+                   if "[[sweep]]" not in f.read_text() and not f.stem.endswith(("-field", "-bf16")))
     assert files
     for f in files:
         s = load_study_toml(f)
@@ -66,6 +66,19 @@ def test_the_reproduction_study_files_are_the_paper_grid_reduced_and_say_so():
         assert (s.seeds, s.distill, s.quantize, s.prune) == (full.seeds, full.distill, full.quantize, full.prune)
         assert s.train.epochs < full.train.epochs
         assert "reduc" in f.read_text().lower()  # labelled as a reduction in the file itself
+
+
+def test_the_bf16_study_files_are_their_presets_trained_in_bf16_and_nothing_else():
+    import dataclasses
+    from pathlib import Path
+
+    from funclens.config import load_study_toml, preset_study
+
+    studies = Path(__file__).resolve().parents[1] / "docs" / "studies"
+    for stem, preset in (("paper-mnist-bf16", "paper-mnist"), ("paper-cifar10-lenet-bf16", "paper-cifar10")):
+        s, full = load_study_toml(studies / f"{stem}.toml"), preset_study(preset, "lenet")
+        assert s.train.precision == "bf16" and full.train.precision == "fp32"
+        assert s == full.replace(train=dataclasses.replace(full.train, precision="bf16"))
 
 
 def test_a_grown_full_study_keeps_its_presets_name_runs_and_recipe():
