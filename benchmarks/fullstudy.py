@@ -258,7 +258,11 @@ def main(argv: list[str]) -> int:
         from run import targets
 
         path = Path(argv[1])
-        results = json.loads(path.read_text())
+        try:  # the same checks as rendering applies: a missing or garbled file is one line
+            results = render.load_results(path)
+        except render.ResultsError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         results["full_studies"] = full_studies(results["ceiling"]["used"], date)
         results["targets"] = targets(results)  # the full studies' targets follow their new rows
         path.write_text(json.dumps(results, indent=1) + "\n")  # as run.py writes it
