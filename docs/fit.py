@@ -15,8 +15,12 @@ Score: the number of cells whose accuracy deviation (relative, in %, as in the p
 (in points). Candidates are ranked by the first (more is better), then the second (less is better).
 
 Usage (from the repository root; the full search, about an hour of both cores):
-    PYTHONPATH=src .venv/bin/python docs/fit.py --data-dir ../shared/data --normalize on off --jobs 2 \\
-        --out docs/fit-results.md
+    PYTHONPATH=src .venv/bin/python docs/fit.py --data-dir ../shared/data --jobs 2 \\
+        --measured docs/fit-measured.json --out docs/fit-results.md
+
+With ``--measured FILE`` every base's measurements are kept in a JSON file as each base finishes, and a later
+search reuses those whose data set, recipe values, normalisation, epochs, subsets and torch version match: an
+interrupted search resumes, and the two data sets can be searched in separate runs and scored together.
 
 On a subset, in seconds:
     PYTHONPATH=src .venv/bin/python docs/fit.py --data-dir ../shared/data --datasets mnist --epochs 1 \\
@@ -27,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import hashlib
+import json
 import multiprocessing
 import os
 import shlex
@@ -37,11 +43,12 @@ import torch
 
 from funclens import __version__
 from funclens.compress import compress
-from funclens.config import RECIPES, DataCfg, ModelCfg, PruneCfg, QuantCfg, RunSpec, recipe_train
+from funclens.config import RECIPES, DataCfg, ModelCfg, PruneCfg, QuantCfg, RunSpec, recipe_train, recipe_values
 from funclens.data import load_dataset
 from funclens.errors import ConfigError, FunclensError
 from funclens.models import create_model
-from funclens.store import describe_commit
+from funclens.safeio import read_regular
+from funclens.store import atomic_write_text, describe_commit
 from funclens.train import evaluate, train
 
 # The paper's LeNet rows: relative accuracy deviation in %, copied from seed/functional-perspective-paper.md
@@ -66,6 +73,7 @@ AMOUNTS = (0.1, 0.3, 0.5, 0.7, 0.9)
 # (scope, last layer pruned too): the readings of "pruning 10%...90% of the original network" tried
 SCOPES = (("layer", True), ("layer", False), ("global", True), ("global", False))
 TOLERANCE = 2.0  # percentage points of relative accuracy deviation
+MEASURED_LIMIT = 16 << 20  # bytes: a --measured file holds a few kilobytes per base
 NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
 
 
@@ -132,6 +140,64 @@ def measure(dataset: str, recipe: str, normalize: bool, args: argparse.Namespace
                       for scope, last in SCOPES}}
 
 
+def measured_key(dataset: str, recipe: str, normalize: bool, args: argparse.Namespace) -> str:
+    """What a base's measurements depend on, as the key of a ``--measured`` file: the recipe by its values (a
+    recipe whose definition changed is trained again), not by its name alone.
+
+    Example:
+        >>> a = argparse.Namespace(epochs=25, train_subset=0, test_subset=0)
+        >>> json.loads(measured_key("mnist", "adam", True, a))["recipe"]["optimizer"]
+        'adam'
+    """
+    return json.dumps({"dataset": dataset, "recipe_name": recipe, "recipe": recipe_values(recipe),
+                       "normalize": normalize, "epochs": args.epochs, "train_subset": args.train_subset,
+                       "test_subset": args.test_subset, "torch": torch.__version__}, sort_keys=True)
+
+
+def _to_json(m: dict, commit: str) -> dict:
+    return {**m, "commit": commit, "prune": {f"{s}/{'last' if last else 'nolast'}": v
+                                             for (s, last), v in m["prune"].items()}}
+
+
+def _from_json(m: dict) -> dict:
+    return {**m, "prune": {(s, last): m["prune"][f"{s}/{'last' if last else 'nolast'}"] for s, last in SCOPES}}
+
+
+def load_measured(path: Path) -> dict[str, dict]:
+    """The measurements a ``--measured`` file holds (none when it does not exist yet), key -> measurements.
+
+    Raises:
+        ConfigError: one line, when the file cannot be read or is not what this script writes.
+    """
+    if not path.exists() and not path.is_symlink():
+        return {}
+    raw = read_regular(path, MEASURED_LIMIT, ConfigError, "--measured file")
+    try:
+        data = json.loads(raw)
+        if data["sha256"] != _digest(data["bases"]):
+            raise ValueError
+        entries = {e["key"]: _from_json(e["measured"]) for e in data["bases"]}
+        for m in entries.values():
+            values = [m["base"], *m["quant"].values()] + [v for p in m["prune"].values() for v in p.values()]
+            if not (set(m["quant"]) == set(QUANT) and all(isinstance(v, float) for v in values)
+                    and isinstance(m["commit"], str)):
+                raise ValueError
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ConfigError(f"{path}: not a --measured file of docs/fit.py (damaged or another file)") from None
+    return entries
+
+
+def save_measured(path: Path, entries: dict[str, dict]) -> None:
+    """Write every entry, atomically: an interrupted search leaves the file as it was after the last base."""
+    bases = [{"key": k, "measured": _to_json(m, m["commit"])} for k, m in entries.items()]
+    atomic_write_text(path, json.dumps({"bases": bases, "sha256": _digest(bases)}, indent=1) + "\n")
+
+
+def _digest(bases: list) -> str:
+    """What the file's entries hash to: an edited or damaged figure is refused instead of scored."""
+    return hashlib.sha256(json.dumps(bases, sort_keys=True).encode()).hexdigest()
+
+
 def candidates(measured: dict[tuple[str, str, bool], dict], datasets: list[str],
                tolerance: float) -> list[dict]:
     """One row per recipe x normalisation x pruning scope, scored over the cells of ``datasets``, best first.
@@ -153,7 +219,7 @@ def candidates(measured: dict[tuple[str, str, bool], dict], datasets: list[str],
     for recipe, normalize in dict.fromkeys((r, n) for (_, r, n) in measured):
         for scope, last in SCOPES:
             row = {"recipe": recipe, "normalize": normalize, "scope": scope, "last": last, "within": 0,
-                   "cells": 0, "abs_sum": 0.0, "base": {}, "values": {}}
+                   "cells": 0, "abs_sum": 0.0, "base": {}, "values": {}, "commits": {}}
             for ds in datasets:
                 m = measured[(ds, recipe, normalize)]
                 ours = {**m["quant"], **m["prune"][(scope, last)]}
@@ -162,6 +228,7 @@ def candidates(measured: dict[tuple[str, str, bool], dict], datasets: list[str],
                 row["cells"] += n
                 row["abs_sum"] += mad * n
                 row["base"][ds], row["values"][ds] = m["base"], ours
+                row["commits"][ds] = m.get("commit", "this commit")
             row["mad"] = row["abs_sum"] / row["cells"]
             rows.append(row)
     return sorted(rows, key=lambda r: (-r["within"], r["mad"]))
@@ -184,10 +251,12 @@ def markdown(rows: list[dict], datasets: list[str], args: argparse.Namespace, co
     subset = lambda n: "all" if n == 0 else f"the first {n:,}"  # noqa: E731
     settings = list(PAPER[datasets[0]]["cells"])
     commit = describe_commit(Path(__file__).resolve().parent)
+    measured_at = sorted({f"{NAMES[d]} {r['commits'][d]}" for r in rows for d in datasets})
     out = ["# Fit search: training recipe x pruning scope against the paper's LeNet cells", "",
            f"Command: `{command}`  ", f"Commit: {commit}; funclens {__version__}, torch {torch.__version__}.  ",
            f"Bases: LeNet, seed 0, {args.epochs} epoch{'s' * (args.epochs != 1)}, batch 64; "
-           f"training images: {subset(args.train_subset)}; test images: {subset(args.test_subset)}.  ",
+           f"training images: {subset(args.train_subset)}; test images: {subset(args.test_subset)}; "
+           f"bases trained at: {', '.join(measured_at)}.  ",
            "Scored cells: " + "; ".join(f"{NAMES[d]}: {PAPER[d]['table']}, {', '.join(settings)}" for d in datasets)
            + ". The students' cells (alpha) are not scored: they need distilled models, trained for the best few.  ",
            f"Score: cells within {args.tolerance:g} percentage points of the paper's accuracy deviation (relative, "
@@ -223,6 +292,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--data-dir", default=None, help="where mnist/ and cifar-10-batches-py/ are")
     p.add_argument("--jobs", type=int, default=1, help="bases trained at once, one thread each")
     p.add_argument("--out", default=None, help="also write the Markdown here")
+    p.add_argument("--measured", default=None,
+                   help="a JSON file that keeps every base's measurements and reuses them in later searches")
     args = p.parse_args(argv)
     for what, values, known in (("dataset", args.datasets, PAPER), ("recipe", args.recipes, RECIPES),
                                 ("normalize", args.normalize, ("on", "off"))):
@@ -236,19 +307,37 @@ def parse(argv: list[str]) -> argparse.Namespace:
         out = Path(args.out)
         if out.is_dir() or not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
             raise ConfigError(f"--out {args.out}: not a file in a writable folder")
+    if args.measured:
+        m = Path(args.measured)
+        if m.is_dir() or not m.parent.is_dir() or not os.access(m.parent, os.W_OK):
+            raise ConfigError(f"--measured {args.measured}: not a file in a writable folder")
     return args
 
 
 def run(args: argparse.Namespace, command: str) -> str:
-    """Measure every base the options name (``--jobs`` at once), score the candidates; returns the Markdown."""
+    """Measure every base the options name (``--jobs`` at once) that ``--measured`` does not hold already,
+    score the candidates; returns the Markdown."""
+    path = Path(args.measured) if args.measured else None
+    kept = load_measured(path) if path else {}
     keys = [(d, r, n == "on") for d in args.datasets for r in args.recipes for n in args.normalize]
+    todo = [k for k in keys if measured_key(*k, args) not in kept]
+    commit = describe_commit(Path(__file__).resolve().parent)
+
+    def done(k: tuple[str, str, bool], m: dict) -> None:
+        kept[measured_key(*k, args)] = {**m, "commit": commit}
+        if path:  # after every base: an interrupted search keeps what it measured
+            save_measured(path, kept)
+
     if args.jobs == 1:
-        measured = {k: measure(*k, args) for k in keys}
-    else:
+        for k in todo:
+            done(k, measure(*k, args))
+    elif todo:
         # fork: the workers inherit the imported modules and sys.path; each trains one base at a time
         with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork")) as ex:
-            futures = {k: ex.submit(measure, *k, args) for k in keys}
-            measured = {k: f.result() for k, f in futures.items()}
+            futures = {ex.submit(measure, *k, args): k for k in todo}
+            for f in concurrent.futures.as_completed(futures):
+                done(futures[f], f.result())
+    measured = {k: kept[measured_key(*k, args)] for k in keys}
     return markdown(candidates(measured, args.datasets, args.tolerance), args.datasets, args, command)
 
 

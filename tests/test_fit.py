@@ -90,3 +90,33 @@ def test_an_out_that_cannot_be_written_is_refused_before_the_search(tmp_path, ca
         assert fit.main(["--datasets", "mnist", "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: --out {out}: not a file in a writable folder") and err.count("\n") == 1
+
+
+def test_measured_bases_are_kept_reused_and_checked(shared_data, tmp_path, monkeypatch, capsys):
+    measured, out = tmp_path / "measured.json", tmp_path / "fit.md"
+    argv = ["--data-dir", str(shared_data), "--datasets", "mnist", "--epochs", "1", "--train-subset", "500",
+            "--test-subset", "300", "--recipes", "sgd", "--measured", str(measured), "--out", str(out)]
+    assert fit.main(argv) == 0
+    first = out.read_text()
+    assert re.search(r"bases trained at: MNIST [0-9a-f]{7}", first)
+    kept = measured.read_bytes()
+
+    def no_training(*a, **k):
+        raise AssertionError("a base held by --measured was trained again")
+
+    monkeypatch.setattr(fit, "measure", no_training)
+    assert fit.main(argv) == 0
+    assert out.read_text() == first and measured.read_bytes() == kept  # the same table from the same figures
+    # another epoch count is another base: not taken from the file
+    with pytest.raises(AssertionError, match="trained again"):
+        fit.main([*argv[:5], "2", *argv[6:]])
+    capsys.readouterr()
+    # an edited figure, a damaged file, a folder: one line, exit 2, and the file is left as it was
+    edited = kept.replace(b'"base": ', b'"base": 1', 1)
+    for bad in (edited, kept[: len(kept) // 2], b"[]"):
+        measured.write_bytes(bad)
+        assert fit.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "not a --measured file" in err and measured.read_bytes() == bad
+    assert fit.main([*argv[:-4], "--measured", str(tmp_path)]) == 2
+    assert "not a file in a writable folder" in capsys.readouterr().err
