@@ -3,7 +3,8 @@
 Usage (from the repository root, after the studies ran):
     .venv/bin/python docs/reproduction.py results/paper-mnist results/cifar10-lenet-reduced ...
 
-Each argument is a study folder (or a folder of per-architecture studies). Each study's tables go between
+Each argument is a study folder (or a folder of per-architecture studies), or ``KEY=FOLDER`` to name a
+one-study folder's blocks KEY rather than by its study's name. Each study's tables go between
 its own markers, ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` (NAME: the study's name), inside
 ``<!-- tables:start -->`` ... ``<!-- tables:end -->`` of docs/REPRODUCTION.md: a study named here replaces
 its own block (or adds one at the end), the others' blocks stay as they were. Where a study's rows carry the
@@ -64,10 +65,18 @@ def table_one(s: dict, folder: Path) -> str:
     """The tables of one study's summary ``s``, read from ``folder``, beside the paper's."""
     out = []
     by = {r["setting"]: r for r in s["rows"]}
+    # The paper's pruning columns take one scope: the global threshold's rows where the study has them (the
+    # fitted presets), else each layer's; the other scope's rows go beyond the grid.
+    glob = any(f"global {c}" in by for c in COLS)
+    if glob:
+        by = {**{k: v for k, v in by.items() if k not in COLS},
+              **{c: by[f"global {c}"] for c in COLS if f"global {c}" in by}}
     paper_base, paper = PAPER.get((s["dataset"], s["arch"]), (None, [""] * len(COLS)))
     out.append(f"**{s['arch']} on {s['dataset']}** (study `{s.get('study', '')}`, `{folder}`): base accuracy "
                f"{100 * s['base']['accuracy']:.2f}% here"
-               + (f", {paper_base:.2f}% in the paper" if paper_base else "") + ".\n")
+               + (f", {paper_base:.2f}% in the paper" if paper_base else "")
+               + ("; the pruning columns: one global L1 threshold (each layer's rows below)" if glob else "")
+               + ".\n")
     out.append("| | " + " | ".join(COLS) + " |")
     out.append("|---|" + "---|" * len(COLS))
     out.append("| paper: acc. dev. % | " + " | ".join(paper) + " |")
@@ -76,7 +85,8 @@ def table_one(s: dict, folder: Path) -> str:
         f"{by[c]['rfd']:.2f} [{by[c]['rfd_ci'][0]:.2f}, {by[c]['rfd_ci'][1]:.2f}]" if c in by else "–"
         for c in COLS) + " |")
     out.append("| funclens: verdict | " + " | ".join(by[c]["verdict"] if c in by else "–" for c in COLS) + " |")
-    extra = [r for r in s["rows"] if r["setting"] not in COLS]
+    used = {id(by[c]) for c in COLS if c in by}
+    extra = [r for r in s["rows"] if id(r) not in used]
     if extra:
         out.append("\nBeyond the paper's grid:\n")
         out.append("| method | setting | acc. dev. % | disagreement | RFD [95% CI] | p(closer) | verdict |")
@@ -146,20 +156,24 @@ def _replace(text: str, begin: str, end: str, body: str, before: str | None = No
 
 
 def main(folders: list[str]) -> None:
+    """Write every named study's blocks. An argument ``KEY=FOLDER`` names the blocks of the study in FOLDER by
+    KEY instead of the study's name: two runs of one preset (before and after its recipe changed) keep a table
+    each."""
     text = DOC.read_text()
-    for f in folders:
+    for arg in folders:
+        key, _, f = arg.rpartition("=") if "=" in arg else ("", "", arg)
         for s in summaries(Path(f)):
             name = s.get("study", "")
             one = Path(f) / name if (Path(f) / name / "summary.json").is_file() else Path(f)  # per-arch folders
-            text = _replace(text, f"<!-- table:{name} -->", f"<!-- /table:{name} -->", table_one(s, one),
+            k = key or name
+            text = _replace(text, f"<!-- table:{k} -->", f"<!-- /table:{k} -->", table_one(s, one),
                             before="<!-- tables:end -->")
-        for name, body in where(Path(f)).items():
-            text = _replace(text, f"<!-- where:{name} -->", f"<!-- /where:{name} -->", body)
-        for s in summaries(Path(f)):
             body = cost_md([s])
             if body:
-                name = s.get("study", "")
-                text = _replace(text, f"<!-- cost:{name} -->", f"<!-- /cost:{name} -->", body.rstrip("\n"))
+                text = _replace(text, f"<!-- cost:{k} -->", f"<!-- /cost:{k} -->", body.rstrip("\n"))
+        for name, body in where(Path(f)).items():
+            k = key or name
+            text = _replace(text, f"<!-- where:{k} -->", f"<!-- /where:{k} -->", body)
     DOC.write_text(text)
 
 

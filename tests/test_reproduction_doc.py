@@ -36,3 +36,31 @@ def test_a_study_replaces_its_own_blocks_and_leaves_the_others(small_reported, t
     assert f"| {100 * q8['flips_correct_to_wrong']:.2f} | {100 * q8['flips_wrong_to_correct']:.2f} |" in where
     mod.main([str(small_reported)])
     assert doc.read_text() == once   # a rerun replaces, never appends
+
+
+def test_a_key_keeps_a_second_run_of_one_study_apart_and_global_rows_fill_the_papers_columns(small_reported,
+                                                                                             tmp_path):
+    doc = tmp_path / "R.md"
+    doc.write_text("<!-- tables:start -->\n<!-- tables:end -->\n")
+    mod = reproduction(doc)
+    mod.main([str(small_reported)])
+    # the same study pruned under one global threshold (its 50% row renamed as a global study names it)
+    fit = tmp_path / "fit"
+    fit.mkdir()
+    summary = json.loads((small_reported / "summary.json").read_text())
+    for r in summary["rows"]:
+        r["setting"] = "global 50%" if r["setting"] == "50%" else r["setting"]
+    (fit / "summary.json").write_text(json.dumps(summary))
+    mod.main([f"small-fit={fit}"])
+    text = doc.read_text()
+    before = text.split("<!-- table:small -->\n")[1].split("<!-- /table:small -->")[0]
+    after = text.split("<!-- table:small-fit -->\n")[1].split("<!-- /table:small-fit -->")[0]
+    assert "one global L1 threshold" in after and "global" not in before
+    cols = mod.COLS.index("50%") + 2   # "| label | col... |" split on "|"
+
+    def cell(table: str, label: str) -> str:
+        return next(line for line in table.splitlines() if line.startswith(f"| {label} |")).split("|")[cols].strip()
+
+    g50 = next(r for r in summary["rows"] if r["setting"] == "global 50%")
+    assert cell(after, "funclens: RFD [95% CI]").startswith(f"{g50['rfd']:.2f} [")
+    assert cell(before, "funclens: RFD [95% CI]") == cell(after, "funclens: RFD [95% CI]")   # the same model
