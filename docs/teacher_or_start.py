@@ -299,6 +299,77 @@ def split_md(dataset: str, entries: list[Entry]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The rules that turn a study's rows into a verdict on each of the paper's five findings (its Introduction),
+# so that the findings can be read under every recipe and pruning scope the same way.
+FINDINGS = (
+    ("1. students as far from the teacher as independent models",
+     "holds: every alpha's students `independent-like`; no: some `preserves`; partly: otherwise"),
+    ("2. alpha does not change the distance",
+     "holds: the alphas' RFD intervals overlap, pairwise; no: two are disjoint (needs 2 alphas or more)"),
+    ("3. quantization preserves best",
+     "holds: 16- and 8-bit `preserves` and no pruned model or student nearer than 8-bit; partly: they preserve "
+     "but a pruned model is nearer; no: they do not preserve"),
+    ("4. L1 pruning preserves the function",
+     "per scope: the largest amount still `preserves`, and the RFD at 70%; holds: 50% or more preserves; "
+     "partly: 10-30%; no: none"),
+    ("5. accuracy is a false proxy",
+     "holds: some compressed model or student within 1% of the base's accuracy is not `preserves`"))
+
+
+def findings(e: Entry) -> list[str]:
+    """The verdict cell of each of :data:`FINDINGS` (finding 4 once per pruning scope the study ran), for one
+    study. A study without the rows a finding needs gets "–".
+
+    Args:
+        e: a finished study.
+    """
+    students = e.rows("student")
+    v = [r["verdict"] for r in students]
+    rng = (lambda rs: f"RFD {min(r['rfd'] for r in rs):.2f}-{max(r['rfd'] for r in rs):.2f}" if rs else "")
+    f1 = "–" if not students else ("holds" if set(v) == {"independent-like"} else
+                                   "no" if "preserves" in v else "partly") + f" ({rng(students)})"
+    cis = [r["rfd_ci"] for r in students if None not in (r["rfd_ci"] or [None])]
+    overlap = all(a[0] <= b[1] and b[0] <= a[1] for a in cis for b in cis)
+    f2 = "–" if len(cis) < 2 else ("holds" if overlap else "no") + " (" + ", ".join(
+        f"{r['setting'].split('=')[1]}: {_ci(r)}" for r in students) + ")"
+    quant = [r for r in e.summary["rows"] if r["method"] == "quantize"]
+    others = [r for r in e.summary["rows"] if r["method"] == "prune" or r["role"] == "student"]
+    eight = next((r for r in quant if r["setting"] == "8-bit"), None)
+    if not quant or eight is None:
+        f3 = "–"
+    elif any(r["verdict"] != "preserves" for r in quant):
+        f3 = f"no (8-bit {_ci(eight)})"
+    else:
+        nearer = [r["setting"] for r in others if r["rfd"] is not None and r["rfd"] < eight["rfd"]]
+        f3 = ("partly: nearer " + ", ".join(nearer) if nearer else "holds") + f" (8-bit {_ci(eight)})"
+    f4 = []
+    for prefix in ("", "global "):   # each layer pruned alone; one global threshold
+        rows = {r["setting"][len(prefix):]: r for r in e.summary["rows"] if r["method"] == "prune"
+                and r["setting"].startswith(prefix) and r["setting"][len(prefix):].rstrip("%").isdigit()}
+        top = max((int(k.rstrip("%")) for k, r in rows.items() if r["verdict"] == "preserves"), default=0)
+        at70 = f"; 70%: {_ci(rows['70%'])}" if "70%" in rows else ""
+        f4.append("–" if not rows else f"{'holds' if top >= 50 else 'partly'}: preserves to {top}%{at70}" if top
+                  else f"no: not at {min(rows, key=lambda k: int(k.rstrip('%')))}{at70}")
+    close = [r for r in e.summary["rows"] if r["role"] in ("student", "quantize", "prune")
+             and abs(r["accuracy_deviation_pct"]) <= 1.0 and r["verdict"] not in ("preserves", "undetermined")]
+    far = max(close, key=lambda r: r["rfd"], default=None)
+    f5 = "–" if not others else (f"holds ({far['setting']}: {far['accuracy_deviation_pct']:+.2f}% accuracy, "
+                                 f"RFD {far['rfd']:.2f})" if far else "no")
+    return [f1, f2, f3, *f4, f5]
+
+
+def findings_md(dataset: str, entries: list[Entry]) -> str:
+    """The paper's five findings x recipe: each cell a verdict by the rules of :data:`FINDINGS` and the RFD
+    behind it."""
+    names = [FINDINGS[0][0], FINDINGS[1][0], FINDINGS[2][0], FINDINGS[3][0] + ", each layer pruned alone",
+             FINDINGS[3][0] + ", one global threshold", FINDINGS[4][0]]
+    cells = [findings(e) for e in entries]
+    lines = [f"| {dataset}: finding | " + " | ".join(e.label for e in entries) + " |", "|---|" + "---|" * len(entries)]
+    lines += [f"| {n} | " + " | ".join(c[i] for c in cells) + " |" for i, n in enumerate(names)]
+    lines += ["", "Rules: " + "; ".join(f"finding {n.split('.')[0]}: {rule}" for n, rule in FINDINGS) + "."]
+    return "\n".join(lines) + "\n"
+
+
 def training_hours(entries: list[Entry]) -> float:
     """Hours of training over every run of the studies (the epochs' own seconds, summed; one core each)."""
     total = 0.0
@@ -324,7 +395,7 @@ def section(by_data: dict[str, list[Entry]], figures: dict[str, Path], doc: Path
     for dataset, entries in by_data.items():
         rel = os.path.relpath(figures[dataset], doc.resolve().parent)
         out += [f"![{dataset}: RFD against learning rate and epoch]({rel})", "", table_md(dataset, entries),
-                split_md(dataset, entries)]
+                split_md(dataset, entries), findings_md(dataset, entries)]
     return "\n".join(out + [END]) + "\n"
 
 

@@ -136,6 +136,10 @@ def test_the_figure_and_tables_show_every_kind_and_the_section_is_replaced_in_pl
         assert row.count("[") == 2, row   # an RFD [lo, hi] under each recipe
     split_rows = [line for line in text.splitlines() if line.startswith(("| SGD lr 0.02 |", "| Adam lr 0.001 |"))]
     assert len(split_rows) == 2 and all("alpha=0.5" in line for line in split_rows)
+    # the findings under each recipe: one verdict cell per recipe for every finding (4: per pruning scope)
+    findings = [line for line in text.splitlines() if line.startswith(("| digits: finding", "| 1. ", "| 2. ",
+                                                                        "| 3. ", "| 4. ", "| 5. "))]
+    assert len(findings) == 7 and all(line.count(" | ") == 2 for line in findings), findings
 
 
 def _script():
@@ -155,6 +159,38 @@ def test_the_figures_students_are_at_the_controls_alpha_whatever_the_grids_order
     entry = _script().Entry({"rows": rows}, view=None)
     assert entry.kind_row("student")["setting"] == "alpha=0.5"
     assert entry.kind_row("fresh")["setting"] == "alpha=0.5 (fresh start)" and entry.kind_row("start") is None
+
+
+def _row(method, role, setting, rfd, ci, verdict, dev=0.0):
+    return {"method": method, "role": role, "setting": setting, "rfd": rfd, "rfd_ci": ci, "verdict": verdict,
+            "accuracy_deviation_pct": dev}
+
+
+def test_the_five_findings_are_read_by_their_stated_rules():
+    script = _script()
+    rows = [_row("distill", "student", "alpha=0.1", 0.80, [0.78, 0.82], "partial", 0.5),
+            _row("distill", "student", "alpha=0.9", 0.95, [0.93, 0.97], "independent-like", -0.2),
+            _row("quantize", "quantize", "16-bit", 0.0, [0.0, 0.0], "preserves"),
+            _row("quantize", "quantize", "8-bit", 0.01, [0.01, 0.02], "preserves"),
+            *(_row("prune", "prune", f"{a}%", r, [r - 0.02, r + 0.02], v, d) for a, r, v, d in
+              ((10, 0.0, "preserves", 0.0), (30, 0.28, "preserves", -0.3), (50, 0.65, "partial", -0.9),
+               (70, 1.6, "independent-like", -39.5))),
+            *(_row("prune", "prune", f"global {a}%", r, [r - 0.02, r + 0.02], v) for a, r, v in
+              ((10, 0.0, "preserves"), (50, 0.2, "preserves"), (70, 0.55, "partial")))]
+    f1, f2, f3, f4_layer, f4_global, f5 = script.findings(script.Entry({"rows": rows}, view=None))
+    assert f1 == "partly (RFD 0.80-0.95)"            # one alpha partial, none preserves
+    assert f2.startswith("no (0.1: 0.80 [0.78, 0.82], 0.9: 0.95")   # disjoint intervals
+    assert f3 == "partly: nearer 10%, global 10% (8-bit 0.01 [0.01, 0.02])"   # 10% pruning changed nothing
+    assert f4_layer == "partly: preserves to 30%; 70%: 1.60 [1.58, 1.62]"
+    assert f4_global == "holds: preserves to 50%; 70%: 0.55 [0.53, 0.57]"
+    assert f5 == "holds (alpha=0.9: -0.20% accuracy, RFD 0.95)"   # the farthest model within 1% of the accuracy
+    rows[0]["verdict"], rows[0]["rfd_ci"] = "independent-like", [0.9, 0.96]
+    rows[3]["verdict"] = "partial"
+    f1, f2, f3, *_ = script.findings(script.Entry({"rows": rows}, view=None))
+    assert f1.startswith("holds") and f2.startswith("holds") and f3.startswith("no (8-bit")
+    # a study without students, quantization or global pruning: those findings are not read
+    bare = script.findings(script.Entry({"rows": rows[4:8]}, view=None))
+    assert bare[:3] == ["–", "–", "–"] and bare[4] == "–" and bare[3].startswith("partly")
 
 
 def test_the_script_refuses_a_folder_without_studies(tmp_path):
@@ -202,7 +238,9 @@ def test_the_study_files_plan_the_issues_grid_112_trainings():
             roles = [r.role for r in runs]
             assert roles.count("independent") == 2 and roles.count("start") == 3 and roles.count("fresh") == 1
             assert roles.count("control") == 1 and roles.count("student") == 3 * alphas
-            assert not study.quantize and not study.prune
+            # the paper's post-hoc grid under both pruning scopes and the noise floor: the findings per recipe
+            assert study.quantize == ("16-bit", "8-bit") and study.noise == (1.0, 2.0, 4.0, 8.0)
+            assert study.prune == study.prune_global == (0.1, 0.3, 0.5, 0.7, 0.9)
             total += sum(r.spec.kind == "train" for r in runs)
         with pytest.raises(ConfigError, match="is a sweep of several studies"):
             load_study_toml(f)
