@@ -73,6 +73,10 @@ def test_a_tiny_search_on_real_mnist(shared_data, tmp_path):
         ours = dict(zip(fit.PAPER["mnist"]["cells"], (float(v) for v in row[2:])))
         within, n, mad = fit.score(ours, fit.PAPER["mnist"]["cells"])
         assert rank[6] == f"{within}/{n}" and float(rank[7]) == pytest.approx(mad, abs=0.01)
+        worst = max(abs(ours[k] - v) for k, v in fit.PAPER["mnist"]["cells"].items())
+        assert float(rank[8]) == pytest.approx(worst, abs=0.01)
+        # its ranks under the other tolerances: a rank each, among the candidates
+        assert all(1 <= int(x) <= len(ranked) for x in rank[9].split(" / ")) and rank[9].count("/") == 2
         assert 10.0 < float(rank[5]) <= 100.0  # the base's accuracy in %
     keys = [(int(r[6].split("/")[0]), -float(r[7])) for r in ranked]
     assert keys == sorted(keys, reverse=True)
