@@ -23,7 +23,7 @@ TARGET_SPEEDUP = 2.5  # reduced paper-mnist end to end, baseline time / funclens
 TARGET_ANALYSIS_S = 20.0  # 300 x 10,000 x 100: all pairwise distances + landscape, seconds
 TARGET_ANALYSIS_GIB = 4.0  # peak memory of that step, GiB
 TARGET_BF16_SPEEDUP = 1.5  # LeNet training images/s, bf16 autocast / fp32, one thread, same run
-# the full LeNet MNIST study (preset paper-mnist) on 2 cores, wall seconds, by training precision
+# the full LeNet MNIST study (the paper-mnist grid, fullstudy.FULL_STUDIES) on 2 cores, wall seconds, by precision
 TARGET_FULL_MNIST_S = {"fp32": 45 * 60.0, "bf16": 30 * 60.0}
 
 

@@ -20,7 +20,8 @@ from common import Sizes, log, median
 
 
 def reduced_study(sz: Sizes):
-    """The reduced paper-mnist study: the paper's recipe on an MNIST subset, one alpha, no control student.
+    """The reduced paper-mnist study: the paper's grid under SGD with momentum (the recipe baseline.py implements)
+    on an MNIST subset, one alpha, no control student.
 
     Args:
         sz: the run's sizes (subsets, epochs, seeds, pruning amounts).

@@ -31,8 +31,10 @@ class FullStudy(NamedTuple):
 
 
 FULL_STUDIES = (
-    FullStudy("paper-mnist", "lenet", (1, 28, 28), 10, "fp32", "results/paper-mnist", ""),
-    FullStudy("paper-cifar10", "lenet", (3, 32, 32), 10, "fp32", "results/paper-cifar10-lenet", ""),
+    FullStudy("paper-mnist", "lenet", (1, 28, 28), 10, "fp32", "results/paper-mnist",
+              "docs/studies/paper-mnist-sgd-momentum.toml"),
+    FullStudy("paper-cifar10", "lenet", (3, 32, 32), 10, "fp32", "results/paper-cifar10-lenet",
+              "docs/studies/paper-cifar10-lenet-sgd-momentum.toml"),
     FullStudy("paper-mnist", "lenet", (1, 28, 28), 10, "bf16", "results/paper-mnist-bf16",
               "docs/studies/paper-mnist-bf16.toml"),
     FullStudy("paper-cifar10", "lenet", (3, 32, 32), 10, "bf16", "results/paper-cifar10-lenet-bf16",

@@ -59,8 +59,8 @@ def test_a_recipe_fills_the_train_table_and_the_fields_beside_it_win(tmp_path):
 
 
 def test_the_run_ids_follow_the_values_not_the_name(tmp_path):
-    named = study_file(tmp_path, 'preset = "paper-mnist"\n[train]\nrecipe = "sgd-momentum"\n')
-    assert named == preset_study("paper-mnist")
+    named = study_file(tmp_path, 'preset = "paper-mnist"\n[train]\nrecipe = "adam"\n')
+    assert named == preset_study("paper-mnist")  # the preset's own recipe, named: the same study, the same runs
     assert [p.spec.run_id for p in plan(named)] == [p.spec.run_id for p in plan(preset_study("paper-mnist"))]
     spelled = study_file(tmp_path, '[train]\noptimizer = "adam"\nlr = 0.001\n')
     assert spelled.train == study_file(tmp_path, '[train]\nrecipe = "adam"\n').train
