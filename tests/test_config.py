@@ -68,7 +68,8 @@ def test_paper_presets_have_the_papers_settings():
     s = preset_study("paper-cifar10", "resnet50")
     assert (s.train.epochs, s.train.batch_size, s.seeds) == (25, 64, (0, 1, 2))
     assert s.distill.alphas == (0.1, 0.5, 0.9) and s.distill.seeds == (2, 24, 42) and s.distill.temperature == 3
-    assert s.quantize == ("16-bit", "8-bit") and s.prune == (0.1, 0.3, 0.5, 0.7, 0.9)
+    # the paper's five amounts, pruned under one global threshold as the fit search read the paper
+    assert s.quantize == ("16-bit", "8-bit") and s.prune_global == (0.1, 0.3, 0.5, 0.7, 0.9) and s.prune == ()
 
 
 def study_file(tmp_path, text: str):
