@@ -69,13 +69,12 @@ def table_one(s: dict, folder: Path) -> str:
     # fitted presets), else each layer's; the other scope's rows go beyond the grid.
     glob = any(f"global {c}" in by for c in COLS)
     if glob:
-        by = {**{k: v for k, v in by.items() if k not in COLS},
-              **{c: by[f"global {c}"] for c in COLS if f"global {c}" in by}}
+        by = {**by, **{c: by[f"global {c}"] for c in COLS if f"global {c}" in by}}
     paper_base, paper = PAPER.get((s["dataset"], s["arch"]), (None, [""] * len(COLS)))
     out.append(f"**{s['arch']} on {s['dataset']}** (study `{s.get('study', '')}`, `{folder}`): base accuracy "
                f"{100 * s['base']['accuracy']:.2f}% here"
                + (f", {paper_base:.2f}% in the paper" if paper_base else "")
-               + ("; the pruning columns: one global L1 threshold (each layer's rows below)" if glob else "")
+               + ("; the pruning columns: one global L1 threshold" if glob else "")
                + ".\n")
     out.append("| | " + " | ".join(COLS) + " |")
     out.append("|---|" + "---|" * len(COLS))

@@ -64,3 +64,11 @@ def test_a_key_keeps_a_second_run_of_one_study_apart_and_global_rows_fill_the_pa
     g50 = next(r for r in summary["rows"] if r["setting"] == "global 50%")
     assert cell(after, "funclens: RFD [95% CI]").startswith(f"{g50['rfd']:.2f} [")
     assert cell(before, "funclens: RFD [95% CI]") == cell(after, "funclens: RFD [95% CI]")   # the same model
+    q8 = next(r for r in summary["rows"] if r["setting"] == "8-bit")   # the other columns stay filled
+
+    def col(table: str, setting: str) -> str:
+        return next(line for line in table.splitlines() if line.startswith("| funclens: RFD")).split("|")[
+            mod.COLS.index(setting) + 2].strip()
+
+    assert col(after, "8-bit").startswith(f"{q8['rfd']:.2f} [") and col(after, "alpha=0.5") != "–"
+    assert "| prune | global 50%" not in after   # shown in its column, not again below
