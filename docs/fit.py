@@ -347,7 +347,7 @@ def run(args: argparse.Namespace, command: str) -> str:
     path = Path(args.measured) if args.measured else None
     kept = load_measured(path) if path else {}
     keys = [(d, r, n == "on") for d in args.datasets for r in args.recipes for n in args.normalize]
-    todo = [k for k in keys if measured_key(*k, args) not in kept]
+    missing = [k for k in keys if measured_key(*k, args) not in kept]
     commit = describe_commit(Path(__file__).resolve().parent)
 
     def done(k: tuple[str, str, bool], m: dict) -> None:
@@ -356,12 +356,12 @@ def run(args: argparse.Namespace, command: str) -> str:
             save_measured(path, kept)
 
     if args.jobs == 1:
-        for k in todo:
+        for k in missing:
             done(k, measure(*k, args))
-    elif todo:
+    elif missing:
         # fork: the workers inherit the imported modules and sys.path; each trains one base at a time
         with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork")) as ex:
-            futures = {ex.submit(measure, *k, args): k for k in todo}
+            futures = {ex.submit(measure, *k, args): k for k in missing}
             for f in concurrent.futures.as_completed(futures):
                 done(futures[f], f.result())
     measured = {k: kept[measured_key(*k, args)] for k in keys}
