@@ -5,7 +5,7 @@ Usage (from the repository root, after the studies ran):
 
 Each argument is a study folder (or a folder of per-architecture studies), or ``KEY=FOLDER`` to name a
 one-study folder's blocks KEY rather than by its study's name. Each study's tables go between
-its own markers, ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` (NAME: the study's name), inside
+its own markers, ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` (NAME: KEY, or the study's name), inside
 ``<!-- tables:start -->`` ... ``<!-- tables:end -->`` of docs/REPRODUCTION.md: a study named here replaces
 its own block (or adds one at the end), the others' blocks stay as they were. Where a study's rows carry the
 diagnostics (flips, tails, margins, classes), its "where the function moved" table goes between

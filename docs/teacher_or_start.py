@@ -323,7 +323,8 @@ def findings(e: Entry) -> list[str]:
     Args:
         e: a finished study.
     """
-    students = e.rows("student")
+    # a row whose RFD is undefined (a yardstick of zero) has no distance to compare: it is left out
+    students = [r for r in e.rows("student") if r["rfd"] is not None]
     v = [r["verdict"] for r in students]
     rng = (lambda rs: f"RFD {min(r['rfd'] for r in rs):.2f}-{max(r['rfd'] for r in rs):.2f}" if rs else "")
     f1 = "–" if not students else ("holds" if set(v) == {"independent-like"} else
@@ -351,7 +352,8 @@ def findings(e: Entry) -> list[str]:
         f4.append("–" if not rows else f"{'holds' if top >= 50 else 'partly'}: preserves to {top}%{at70}" if top
                   else f"no: not at {min(rows, key=lambda k: int(k.rstrip('%')))}{at70}")
     close = [r for r in e.summary["rows"] if r["role"] in ("student", "quantize", "prune")
-             and abs(r["accuracy_deviation_pct"]) <= 1.0 and r["verdict"] not in ("preserves", "undetermined")]
+             and r["rfd"] is not None and abs(r["accuracy_deviation_pct"]) <= 1.0
+             and r["verdict"] not in ("preserves", "undetermined")]
     far = max(close, key=lambda r: r["rfd"], default=None)
     f5 = "–" if not others else (f"holds ({far['setting']}: {far['accuracy_deviation_pct']:+.2f}% accuracy, "
                                  f"RFD {far['rfd']:.2f})" if far else "no")

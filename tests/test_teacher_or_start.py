@@ -298,3 +298,11 @@ def test_a_sweep_entry_that_cannot_run_is_refused_before_the_first_entry_trains(
     r = run_cli("study", str(p), "--out", str(tmp_path / "out"))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert needle in r.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_study_whose_rfd_is_undefined_reads_no_finding_instead_of_failing():
+    script = _script()
+    rows = [_row("distill", "student", "alpha=0.5", None, [None, None], "undetermined", 0.1),
+            _row("prune", "prune", "50%", None, [None, None], "undetermined", -0.2)]
+    f1, f2, f3, f4_layer, f4_global, f5 = script.findings(script.Entry({"rows": rows}, view=None))
+    assert (f1, f2, f3, f4_global, f5) == ("–", "–", "–", "–", "no") and f4_layer.startswith("no: not at 50%")
