@@ -48,8 +48,13 @@ PAPER = {
 
 
 def summaries(folder: Path) -> list[dict]:
-    s = json.loads((folder / "summary.json").read_text())
-    return s["studies"] if "studies" in s else [s]
+    """The studies of ``folder``'s summary.json; a folder without a readable one is refused in one line."""
+    try:
+        s = json.loads((folder / "summary.json").read_text())
+        return s["studies"] if "studies" in s else [s]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"error: {folder} has no readable summary.json ({e.__class__.__name__}); "
+                         f"finish the study and run `funclens report {folder}` first") from None
 
 
 def dev(row: dict) -> str:

@@ -72,3 +72,14 @@ def test_a_key_keeps_a_second_run_of_one_study_apart_and_global_rows_fill_the_pa
 
     assert col(after, "8-bit").startswith(f"{q8['rfd']:.2f} [") and col(after, "alpha=0.5") != "–"
     assert "| prune | global 50%" not in after   # shown in its column, not again below
+
+
+def test_a_folder_without_a_summary_is_refused_in_one_line_and_the_document_is_untouched(tmp_path):
+    import pytest
+
+    doc = tmp_path / "REPRODUCTION.md"
+    doc.write_text("before\n")
+    mod = reproduction(doc)
+    with pytest.raises(SystemExit, match=r"has no readable summary\.json .*funclens report"):
+        mod.main([f"k={tmp_path / 'unfinished'}"])
+    assert doc.read_text() == "before\n"

@@ -45,6 +45,15 @@ def test_verify_finds_a_damaged_file(tmp_path, damage):
     assert "preds/ep_001.npy" in problem and SPEC.run_id in problem
 
 
+def test_verify_names_a_file_dropped_among_the_run_folders(tmp_path):
+    st = finished(tmp_path)
+    assert st.verify() == ([], 1)
+    (tmp_path / "runs" / "notes.txt").write_text("not a run")
+    (tmp_path / "runs" / ".ep_001.npy.77.tmp").write_bytes(b"")  # a killed writer's temporary: not a stray
+    problems, checked = st.verify()
+    assert checked == 1 and problems == ["runs/notes.txt is not a run's folder (funclens wrote no such file)"]
+
+
 def test_atomic_write_leaves_no_partial_file_when_the_folder_is_gone(tmp_path):
     with pytest.raises(StoreError, match="cannot write"):
         atomic_write_bytes(tmp_path / "nope" / "f", b"x")

@@ -847,6 +847,12 @@ class Store:
             if not self.is_done(r["run"]):
                 problems.append(f"run {r['run']} ({r['role']} {r['setting']}) is not finished (no DONE); "
                                 "run `funclens study` to finish it")
+        runs = paths.runs_dir(self.root)
+        if runs.is_dir() and not runs.is_symlink():
+            # funclens writes only run folders here; a file among them is nobody's output
+            problems += [f"runs/{p.name} is not a run's folder (funclens wrote no such file)"
+                         for p in sorted(runs.iterdir())
+                         if not p.is_symlink() and not p.is_dir() and not is_temporary(p.name)]
         checked = 0
         for rid in self.list_runs():
             if self.is_done(rid) or self.run_dir(rid).is_symlink():
