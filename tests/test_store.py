@@ -306,3 +306,21 @@ def test_an_unfinished_run_keeps_its_epochs_unless_it_holds_another_config_or_a_
     (run / "preds").rmdir()
     (run / "preds").symlink_to(tmp_path / "elsewhere")
     assert st.prepare(SPEC) == "start" and not (run / "preds").is_symlink() and (run / "preds").is_dir()
+
+
+def test_the_commit_stamp_says_when_the_code_differs_from_its_commit(tmp_path):
+    import subprocess
+
+    from funclens.store import _git_commit
+
+    def git(*a):
+        subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "m.py").write_text("x = 1\n")
+    git("add", "m.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    assert _git_commit(tmp_path) == head
+    (tmp_path / "m.py").write_text("x = 2\n")
+    assert _git_commit(tmp_path) == head + "-dirty"

@@ -51,11 +51,17 @@ from funclens.config import (MAX_EPOCHS, DataCfg, ModelCfg, RunSpec, StudyCfg, T
 from funclens.errors import ConfigError, StoreError
 
 
-def _git_commit() -> str | None:
+def _git_commit(where: Path = Path(__file__).parent) -> str | None:
+    """HEAD of the checkout funclens runs from, with ``-dirty`` when its tracked files under ``where`` differ
+    from HEAD: a stamp must not vouch for code the commit does not hold."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent)
-        return out.stdout.strip() or None if out.returncode == 0 else None
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=where)
+        head = out.stdout.strip() if out.returncode == 0 else ""
+        if not head:
+            return None
+        diff = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "."], capture_output=True, timeout=10,
+                              cwd=where)
+        return head + "-dirty" if diff.returncode == 1 else head
     except (OSError, subprocess.SubprocessError):
         return None
 
