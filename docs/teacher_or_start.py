@@ -360,13 +360,14 @@ def findings(e: Entry) -> list[str]:
     return [f1, f2, f3, *f4, f5]
 
 
-def findings_md(dataset: str, entries: list[Entry]) -> str:
+def findings_md(dataset: str, entries: list[Entry], labels: list[str] | None = None) -> str:
     """The paper's five findings x recipe: each cell a verdict by the rules of :data:`FINDINGS` and the RFD
-    behind it."""
+    behind it; ``labels`` name the columns (default: each entry's recipe)."""
+    labels = labels or [e.label for e in entries]
     names = [FINDINGS[0][0], FINDINGS[1][0], FINDINGS[2][0], FINDINGS[3][0] + ", each layer pruned alone",
              FINDINGS[3][0] + ", one global threshold", FINDINGS[4][0]]
     cells = [findings(e) for e in entries]
-    lines = [f"| {dataset}: finding | " + " | ".join(e.label for e in entries) + " |", "|---|" + "---|" * len(entries)]
+    lines = [f"| {dataset}: finding | " + " | ".join(labels) + " |", "|---|" + "---|" * len(entries)]
     lines += [f"| {n} | " + " | ".join(c[i] for c in cells) + " |" for i, n in enumerate(names)]
     lines += ["", "Rules: " + "; ".join(f"finding {n.split('.')[0]}: {rule}" for n, rule in FINDINGS) + "."]
     return "\n".join(lines) + "\n"
@@ -401,12 +402,13 @@ def section(by_data: dict[str, list[Entry]], figures: dict[str, Path], doc: Path
     return "\n".join(out + [END]) + "\n"
 
 
-def write_doc(doc: Path, body: str) -> None:
+def write_doc(doc: Path, body: str, begin: str = BEGIN, end: str = END) -> None:
     """Replace the section between the markers of ``doc``, or append it where they are missing.
 
     Args:
         doc: the Markdown document (made when missing).
         body: the section, markers included (:func:`section`).
+        begin, end: the markers (default: this section's).
 
     Example:
         >>> import tempfile
@@ -417,8 +419,8 @@ def write_doc(doc: Path, body: str) -> None:
         (1, True, False)
     """
     text = doc.read_text() if doc.is_file() else ""
-    if BEGIN in text and END in text and text.index(BEGIN) < text.index(END):
-        text = text[:text.index(BEGIN)] + body.rstrip("\n") + text[text.index(END) + len(END):]
+    if begin in text and end in text and text.index(begin) < text.index(end):
+        text = text[:text.index(begin)] + body.rstrip("\n") + text[text.index(end) + len(end):]
     else:
         text = text + ("\n" if text and not text.endswith("\n") else "") + body
     atomic_write_text(doc, text)
