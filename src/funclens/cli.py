@@ -152,6 +152,10 @@ def study(
         False, "--allow-modified-data",
         help="use data files that match neither the published checksums nor the canonical content "
              "(runs are named by the content they hold)"),
+    reuse: Optional[List[Path]] = typer.Option(
+        None, "--reuse", metavar="DIR",
+        help="copy in the finished runs of this study that another study's output folder holds, each checked "
+             "as `funclens verify` checks it, instead of computing them again; repeatable"),
 ) -> None:
     """Train, compress and compare the models of a study, then write its report."""
     from funclens.execute import RunContext, resolve_device
@@ -174,7 +178,8 @@ def study(
     for s, o in zip(studies, outs):
         ctx = RunContext(out=str(o), data_dir=str(data_dir) if data_dir else None, offline=offline, device=dev,
                          channels_last=channels_last)
-        run_study(s, ctx, jobs=jobs, executor=executor, ray_address=ray_address, wait=wait, report=report)
+        run_study(s, ctx, jobs=jobs, executor=executor, ray_address=ray_address, wait=wait, report=report,
+                  reuse=tuple(reuse or ()))
     if len(outs) > 1 and report:
         from funclens.report import build_combined_report
 

@@ -866,9 +866,53 @@ class Store:
                 problems += self.verify_run(rid)
         return problems + self.verify_outputs(), checked
 
+    def adopt_run(self, source: "Store", run_id: str) -> str | None:
+        """Take a finished run of another store instead of computing it again (call with this store locked).
+
+        The source's folder must pass :meth:`verify_run` there; it is copied under a temporary name and renamed
+        into place whole, replacing an unfinished folder of this store, and checked again here. A run that is
+        already DONE here is left as it is.
+
+        Args:
+            source: a store that may hold the run.
+            run_id: the run's id.
+
+        Returns:
+            None once adopted, else why not (one line).
+        """
+        if self.is_done(run_id):
+            return f"run {run_id} is already finished here"
+        problems = source.verify_run(run_id)
+        if problems:
+            return problems[0]
+        runs = paths.runs_dir(self.root)
+        runs.mkdir(parents=True, exist_ok=True)
+        tmp = runs / f".{run_id}.{os.getpid()}.tmp"
+        try:
+            shutil.copytree(source.run_dir(run_id), tmp, symlinks=True)
+            if os.path.lexists(self.run_dir(run_id)):
+                self.clear_run(run_id)
+                os.rmdir(self.run_dir(run_id))
+            os.rename(tmp, self.run_dir(run_id))
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise StoreError(f"cannot copy run {run_id} from {source.root}: {e.strerror or e}") from None
+        problems = self.verify_run(run_id)
+        if problems:   # changed while it was copied: computed here instead
+            self.clear_run(run_id)
+            return problems[0]
+        return None
+
     def remove_stale_temporaries(self) -> list[str]:
-        """Delete temporary files that killed writers left behind (call with the store locked)."""
+        """Delete temporary files that killed writers left behind, and the folders of runs being adopted
+        (:meth:`adopt_run`) when it was killed (call with the store locked)."""
         gone = []
+        runs = paths.runs_dir(self.root)
+        if runs.is_dir() and not runs.is_symlink():
+            for p in runs.iterdir():
+                if is_temporary(p.name) and p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                    gone.append(str(p))
         for top, _dirs, names in os.walk(self.root, followlinks=False):
             for n in names:
                 p = os.path.join(top, n)

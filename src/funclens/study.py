@@ -19,7 +19,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from funclens import __version__
+from funclens import __version__, paths
 from funclens.config import FunclensError, StudyCfg, to_dict
 from funclens.data import check_model_fits, identified
 from funclens.execute import RunContext, preload_dataset
@@ -87,7 +87,8 @@ def pin_data(study: StudyCfg, ctx: RunContext) -> StudyCfg:
 
 
 def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int | None = None, executor: str = "local",
-              ray_address: str | None = None, wait: bool = False, report: bool = True) -> PlanResult:
+              ray_address: str | None = None, wait: bool = False, report: bool = True,
+              reuse: tuple[Path, ...] = ()) -> PlanResult:
     """Compute every run of ``study`` not yet DONE into ``ctx.out``, then write its report.
 
     Args:
@@ -99,6 +100,8 @@ def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int | None = None, exec
         ray_address: the Ray cluster (see :class:`funclens.backends.ray.RayBackend`).
         wait: wait for another study holding the store rather than refuse.
         report: write the report once every run is DONE.
+        reuse: other studies' output folders (or folders of them: a sweep's, a preset's architectures) whose
+            finished runs of this study are copied in, checked, instead of computed again.
 
     Raises:
         FunclensError: a run failed on its input (exit 2); RuntimeError: a run failed on a fault of
@@ -121,6 +124,8 @@ def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int | None = None, exec
     jobs = jobs or (len(specs) if executor == "ray" else os.cpu_count() or 1)
     with store.lock(wait=wait):
         store.write_study(study_record(study, planned))
+        if reuse:
+            _adopt(store, specs, reuse, console)
         # No refresh thread: the pool backend forks its workers, and a thread caught holding the
         # terminal's lock at that moment would leave it locked in every worker. Bars redraw on events.
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -135,6 +140,31 @@ def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int | None = None, exec
             html = build_report(store.root)
             print(f"report: {html}")
     return result
+
+
+def _adopt(store: Store, specs: list, reuse: tuple[Path, ...], console: Console) -> None:
+    """Copy in the finished runs of ``specs`` that the ``reuse`` folders hold and that pass their checks."""
+    sources = []
+    for folder in reuse:
+        found = [folder] if paths.runs_dir(folder).is_dir() else sorted(
+            p.parent for p in folder.glob("*/runs") if p.is_dir())
+        if not found:
+            raise FunclensError(f"--reuse {folder}: holds no study's runs")
+        sources += [Store(f) for f in found if f.resolve() != store.root.resolve()]
+    adopted, refused = 0, []
+    for spec in specs:
+        for src in sources:
+            if store.is_done(spec.run_id) or not src.is_done(spec.run_id):
+                continue
+            why = store.adopt_run(src, spec.run_id)
+            if why is None:
+                adopted += 1
+            else:
+                refused.append(f"{src.root}: {why}")
+    console.print(f"reused {adopted} finished run(s) of {', '.join(map(str, reuse))}", highlight=False,
+                  soft_wrap=True)
+    for line in refused:
+        console.print(f"not reused (computed here): {line}", highlight=False, soft_wrap=True)
 
 
 def _backend(executor: str, ctx: RunContext, jobs: int, ray_address: str | None) -> Backend:
