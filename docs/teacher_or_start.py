@@ -16,8 +16,10 @@ as a section of the document between ``<!-- teacher-or-start:start -->`` and ``<
 (appended when the markers are missing), with the command, the commit and the time it took.
 
 Usage (from the repository root, once both studies have run):
-    funclens study docs/studies/teacher-or-start-cifar10.toml --out results/teacher-or-start-cifar10
-    funclens study docs/studies/teacher-or-start-mnist.toml --out results/teacher-or-start-mnist
+    funclens study docs/studies/teacher-or-start-cifar10.toml --out results/teacher-or-start-cifar10 \\
+        --reuse results/paper-cifar10-lenet-fit
+    funclens study docs/studies/teacher-or-start-mnist.toml --out results/teacher-or-start-mnist \\
+        --reuse results/paper-mnist-fit
     PYTHONPATH=src .venv/bin/python docs/teacher_or_start.py results/teacher-or-start-cifar10 \\
         results/teacher-or-start-mnist --doc docs/REPRODUCTION.md
 """
