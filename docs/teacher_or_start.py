@@ -315,7 +315,13 @@ FINDINGS = (
      "per scope: the largest amount still `preserves`, and the RFD at 70%; holds: 50% or more preserves; "
      "partly: 10-30%; no: none"),
     ("5. accuracy is a false proxy",
-     "holds: some compressed model or student within 1% of the base's accuracy is not `preserves`"))
+     "holds: some compressed model or student whose accuracy deviation is within 2% (the paper's own bound for "
+     "a compression that costs no accuracy, Section 4.1) is not `preserves`"))
+
+
+# "Only when the Pruning reaches 90% of the network there is reduction in accuracy above 2%": below it the paper
+# calls a compression's accuracy impact minute, so a model inside it that changed function is the false proxy.
+ACCURACY_BOUND = 2.0
 
 
 def findings(e: Entry) -> list[str]:
@@ -354,7 +360,7 @@ def findings(e: Entry) -> list[str]:
         f4.append("–" if not rows else f"{'holds' if top >= 50 else 'partly'}: preserves to {top}%{at70}" if top
                   else f"no: not at {min(rows, key=lambda k: int(k.rstrip('%')))}{at70}")
     close = [r for r in e.summary["rows"] if r["role"] in ("student", "quantize", "prune")
-             and r["rfd"] is not None and abs(r["accuracy_deviation_pct"]) <= 1.0
+             and r["rfd"] is not None and abs(r["accuracy_deviation_pct"]) <= ACCURACY_BOUND
              and r["verdict"] not in ("preserves", "undetermined")]
     far = max(close, key=lambda r: r["rfd"], default=None)
     f5 = "–" if not others else (f"holds ({far['setting']}: {far['accuracy_deviation_pct']:+.2f}% accuracy, "

@@ -307,3 +307,13 @@ def test_a_study_whose_rfd_is_undefined_reads_no_finding_instead_of_failing():
             _row("prune", "prune", "50%", None, [None, None], "undetermined", -0.2)]
     f1, f2, f3, f4_layer, f4_global, f5 = script.findings(script.Entry({"rows": rows}, view=None))
     assert (f1, f2, f3, f4_global, f5) == ("–", "–", "–", "–", "no") and f4_layer.startswith("no: not at 50%")
+
+
+def test_the_false_proxy_finding_reads_models_inside_the_papers_2_percent_bound_only():
+    script = _script()
+    rows = [_row("prune", "prune", "50%", 1.2, [1.1, 1.3], "independent-like", -1.8),
+            _row("prune", "prune", "70%", 1.5, [1.4, 1.6], "independent-like", -2.5),
+            _row("quantize", "quantize", "8-bit", 0.01, [0.0, 0.02], "preserves", 0.0)]
+    assert script.findings(script.Entry({"rows": rows}, view=None))[-1] == "holds (50%: -1.80% accuracy, RFD 1.20)"
+    rows[0]["accuracy_deviation_pct"] = -2.1
+    assert script.findings(script.Entry({"rows": rows}, view=None))[-1] == "no"
