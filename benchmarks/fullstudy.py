@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 
 from common import BENCH_DIR, REPO
 
+from funclens.store import short_commit
+
 RECORDS = BENCH_DIR / "full_studies.json"
 
 
@@ -99,7 +101,7 @@ def _measured_here(fs: FullStudy, date: str) -> dict[str, Any] | None:
     base = store.load_metrics(base_id)
     note = time_file.read_text().split(maxsplit=1)[1].strip() if len(time_file.read_text().split()) > 1 else ""
     return {"preset": fs.preset, "arch": fs.arch, "precision": fs.precision, "folder": fs.folder, "wall_s": wall_s,
-            "commit": (base.get("git_commit") or "unknown")[:7], "n_train": int(base["train_images"]),
+            "commit": short_commit(base.get("git_commit") or "unknown"), "n_train": int(base["train_images"]),
             "n_test": int(base["test_images"]), "reported": date,
             "note": f"read from {fs.folder}.time" + (f" ({note})" if note else ""), "plan": _recorded_counts(store)}
 
@@ -134,7 +136,7 @@ def bf16_cost(folder: Path) -> dict[str, Any] | None:
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         commit = "unknown"
     return {"rows": rows, "independent_mean": summary["reference"]["independent_mean"],
-            "commit": str(commit)[:7], "num_test": summary["num_test"]}
+            "commit": short_commit(str(commit)), "num_test": summary["num_test"]}
 
 
 def flop_parts(counts: dict[str, int], n_train: int, n_test: int, flops: dict[str, Any]) -> dict[str, float]:

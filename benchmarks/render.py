@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import GIB, MIB  # noqa: E402
 
 from funclens.errors import FunclensError  # noqa: E402
+from funclens.store import short_commit  # noqa: E402
 
 FORMAT = 1  # RESULTS.json's layout; render refuses any other
 SECTIONS = ("Targets", "1. Compute ceiling", "2. Reduced paper-mnist, end to end",
@@ -118,7 +119,7 @@ def _full_study_cells(th: float, v: float | None, r: dict[str, Any]) -> list[str
     what = f"full {pm['preset']} wall time beside the FLOP limit"
     if v is None:
         return [what, f"not run here (no {pm['folder']}.time)"]
-    return [what, f"{fmt_s(v)} (commit {pm['measured']['commit'][:7]}) vs {fmt_s(pm['limit_s'])} at 100% of "
+    return [what, f"{fmt_s(v)} (commit {short_commit(pm['measured']['commit'])}) vs {fmt_s(pm['limit_s'])} at 100% of "
                   f"the ceiling ({pm['pct_of_ceiling']:.1f}% of the ceiling); see section 5"]
 
 
@@ -128,7 +129,7 @@ def _full_mnist_cells(precision: str):
         what = f"full LeNet MNIST study ({s['flags']}) in {precision} on 2 cores < {fmt_s(th)}"
         if v is None:
             return [what, f"not run here (no {s['folder']}.time)"]
-        return [what, f"{fmt_s(v)} (commit {s['measured']['commit'][:7]}), {s['pct_of_ceiling']:.1f}% of the "
+        return [what, f"{fmt_s(v)} (commit {short_commit(s['measured']['commit'])}), {s['pct_of_ceiling']:.1f}% of the "
                       f"{precision} ceiling; see section 5"]
     return cells
 
@@ -329,7 +330,7 @@ def _full_row(s: dict[str, Any]) -> list[Any]:
     rec = s["measured"]
     return [name, *precision, s["trainings"], s["posthoc"], *(f"{v:.3e}" for v in s["parts"].values()),
             f"{s['total']:.3e}", fmt_s(s["limit_s"]), f"**{fmt_s(rec['wall_s'])}**", f"{s['pct_of_ceiling']:.1f}%",
-            rec["commit"][:7]]
+            short_commit(rec["commit"])]
 
 
 def _full_sources(studies: list[dict[str, Any]]) -> list[str]:
@@ -340,7 +341,7 @@ def _full_sources(studies: list[dict[str, Any]]) -> list[str]:
             where = ("kept in `benchmarks/full_studies.json`, reported " if s["historical"]
                      else "read from `{}.time` by this run, first seen ".format(s["folder"]))
             out.append(f"- `{s['flags']}`: {rec['wall_s']:,.0f} s, {where}{rec['reported']}, commit "
-                       f"{rec['commit'][:7]}; {rec['note']}.")
+                       f"{short_commit(rec['commit'])}; {rec['note']}.")
     return out
 
 

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from funclens.errors import FunclensError
-from funclens.store import describe_commit
+from funclens.store import describe_commit, short_commit
 
 BEGIN, END = "<!-- findings:start -->", "<!-- findings:end -->"
 
@@ -41,7 +41,7 @@ def column_label(e) -> str:
 def section(folders: list[Path], command: str) -> str:
     """The document's section, markers included."""
     by_data = TOS.load_entries(folders)
-    commits = sorted({c[:7] for es in by_data.values() for e in es for c in e.setup.get("git_commits", [])})
+    commits = sorted({short_commit(c) for es in by_data.values() for e in es for c in e.setup.get("git_commits", [])})
     out = [BEGIN, "", f"Made by `{command}` at commit {describe_commit(Path(__file__).resolve().parent)}; the "
            f"studies' runs were trained at commit(s) {', '.join(commits) or 'unknown'}. A cell reads `–` where "
            "the study has none of the rows the finding needs.", ""]

@@ -69,6 +69,16 @@ def _git_commit(where: Path = Path(__file__).parent) -> str | None:
 GIT_COMMIT = _git_commit()
 
 
+def short_commit(commit: str) -> str:
+    """A commit stamp shortened for a table, keeping its ``-dirty`` mark.
+
+    Example:
+        >>> short_commit("0123456789abcdef-dirty"), short_commit("0123456789abcdef")
+        ('0123456-dirty', '0123456')
+    """
+    return commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
 def describe_commit(folder: Path) -> str:
     """The short commit of the git work tree ``folder`` is in, marked when tracked files differ from it: what
     a script that writes a document records of the code that ran it.
