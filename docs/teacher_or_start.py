@@ -334,7 +334,9 @@ def findings(e: Entry) -> list[str]:
     # a row whose RFD is undefined (a yardstick of zero) has no distance to compare: it is left out
     students = [r for r in e.rows("student") if r["rfd"] is not None]
     v = [r["verdict"] for r in students]
-    rng = (lambda rs: f"RFD {min(r['rfd'] for r in rs):.2f}-{max(r['rfd'] for r in rs):.2f}" if rs else "")
+    def rng(rs: list[dict]) -> str:
+        near, far = min(rs, key=lambda r: r["rfd"]), max(rs, key=lambda r: r["rfd"])
+        return f"RFD {_ci(near)}" if near is far else f"RFD {_ci(near)} to {_ci(far)}"
     f1 = "–" if not students else ("holds" if set(v) == {"independent-like"} else
                                    "no" if "preserves" in v else "partly") + f" ({rng(students)})"
     cis = [r["rfd_ci"] for r in students if None not in (r["rfd_ci"] or [None])]
@@ -364,7 +366,7 @@ def findings(e: Entry) -> list[str]:
              and r["verdict"] not in ("preserves", "undetermined")]
     far = max(close, key=lambda r: r["rfd"], default=None)
     f5 = "–" if not others else (f"holds ({far['setting']}: {far['accuracy_deviation_pct']:+.2f}% accuracy, "
-                                 f"RFD {far['rfd']:.2f})" if far else "no")
+                                 f"RFD {_ci(far)})" if far else "no")
     return [f1, f2, f3, *f4, f5]
 
 

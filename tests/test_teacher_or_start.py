@@ -178,12 +178,12 @@ def test_the_five_findings_are_read_by_their_stated_rules():
             *(_row("prune", "prune", f"global {a}%", r, [r - 0.02, r + 0.02], v) for a, r, v in
               ((10, 0.0, "preserves"), (50, 0.2, "preserves"), (70, 0.55, "partial")))]
     f1, f2, f3, f4_layer, f4_global, f5 = script.findings(script.Entry({"rows": rows}, view=None))
-    assert f1 == "partly (RFD 0.80-0.95)"            # one alpha partial, none preserves
+    assert f1 == "partly (RFD 0.80 [0.78, 0.82] to 0.95 [0.93, 0.97])"            # one alpha partial, none preserves
     assert f2.startswith("no (0.1: 0.80 [0.78, 0.82], 0.9: 0.95")   # disjoint intervals
     assert f3 == "partly: nearer 10%, global 10% (8-bit 0.01 [0.01, 0.02])"   # 10% pruning changed nothing
     assert f4_layer == "partly: preserves to 30%; 70%: 1.60 [1.58, 1.62]"
     assert f4_global == "holds: preserves to 50%; 70%: 0.55 [0.53, 0.57]"
-    assert f5 == "holds (alpha=0.9: -0.20% accuracy, RFD 0.95)"   # the farthest model within 1% of the accuracy
+    assert f5 == "holds (alpha=0.9: -0.20% accuracy, RFD 0.95 [0.93, 0.97])"   # the farthest model within 1% of the accuracy
     rows[0]["verdict"], rows[0]["rfd_ci"] = "independent-like", [0.9, 0.96]
     rows[3]["verdict"] = "partial"
     f1, f2, f3, *_ = script.findings(script.Entry({"rows": rows}, view=None))
@@ -314,6 +314,6 @@ def test_the_false_proxy_finding_reads_models_inside_the_papers_2_percent_bound_
     rows = [_row("prune", "prune", "50%", 1.2, [1.1, 1.3], "independent-like", -1.8),
             _row("prune", "prune", "70%", 1.5, [1.4, 1.6], "independent-like", -2.5),
             _row("quantize", "quantize", "8-bit", 0.01, [0.0, 0.02], "preserves", 0.0)]
-    assert script.findings(script.Entry({"rows": rows}, view=None))[-1] == "holds (50%: -1.80% accuracy, RFD 1.20)"
+    assert script.findings(script.Entry({"rows": rows}, view=None))[-1] == "holds (50%: -1.80% accuracy, RFD 1.20 [1.10, 1.30])"
     rows[0]["accuracy_deviation_pct"] = -2.1
     assert script.findings(script.Entry({"rows": rows}, view=None))[-1] == "no"
