@@ -42,7 +42,7 @@ from funclens import paths
 from funclens.errors import FunclensError
 from funclens.plan import ROLES
 from funclens.rfd import rfd, rfd_difference
-from funclens.store import Store, atomic_write_bytes, atomic_write_text, describe_commit
+from funclens.store import Store, atomic_write_bytes, atomic_write_text, describe_commit, short_commit
 from funclens.summary import RunView, StudyView, load_study
 
 BEGIN, END = "<!-- teacher-or-start:start -->", "<!-- teacher-or-start:end -->"
@@ -163,7 +163,12 @@ def _errbar(ax, x: float, row: dict, **kw) -> None:
     ax.errorbar([x], [y], yerr=[[max(y - lo, 0)], [max(hi - y, 0)]], capsize=3, **kw)
 
 
+ADAM_SHIFT = 1.3   # Adam's markers sit right of its lr, apart from SGD's at the same lr
+
+
 def _lr_panel(ax, entries: list[Entry]) -> None:
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     sgd, adam = [e for e in entries if not e.adam], [e for e in entries if e.adam]
     if sgd:
         xs = [e.setup["lr"] for e in sgd]
@@ -182,9 +187,22 @@ def _lr_panel(ax, entries: list[Entry]) -> None:
                 _errbar(ax, x * shift, r, color=colour, fmt="o")
         for e in adam:
             if e.kind_row(role):
-                _errbar(ax, e.setup["lr"] * shift * 1.3, e.kind_row(role), color=colour, fmt="*", markersize=11,
-                        label=f"{name} (Adam)" if e is adam[0] else None)
+                _errbar(ax, e.setup["lr"] * shift * ADAM_SHIFT, e.kind_row(role), color=colour, fmt="*",
+                        markersize=11, label=f"{name} (Adam)" if e is adam[0] else None)
+    for e in adam:   # Adam's own yardstick, as wide as its markers
+        x, (lo, hi) = e.setup["lr"] * ADAM_SHIFT, _band(e)
+        ax.fill_between([x / 1.12, x * 1.12], [lo, lo], [hi, hi], color=ROLES["independent"].colour, alpha=0.2,
+                        label=None if sgd or e is not adam[0] else "independent models (yardstick range)")
     ax.set_xscale("log")
+    # at least a decade wide, so one recipe alone is not spread over a sliver of an axis
+    xs = [e.setup["lr"] * (ADAM_SHIFT if e.adam else 1) for e in entries]
+    lo, hi = min(xs) / 1.5, max(xs) * 1.5
+    if hi / lo < 10:
+        mid = np.sqrt(lo * hi)
+        lo, hi = mid / np.sqrt(10), mid * np.sqrt(10)
+    ax.set_xlim(lo, hi)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.axhline(1.0, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("learning rate (Adam: stars, drawn right of its lr)")
     ax.set_ylabel("RFD to the base (final epoch)")
@@ -397,7 +415,7 @@ def section(by_data: dict[str, list[Entry]], figures: dict[str, Path], doc: Path
             seconds: float) -> str:
     """The document's section, markers included."""
     everything = [e for es in by_data.values() for e in es]
-    commits = sorted({c for e in everything for c in e.setup.get("git_commits", [])})
+    commits = sorted({short_commit(c) for e in everything for c in e.setup.get("git_commits", [])})
     commit = describe_commit(Path(__file__).resolve().parent)
     out = [BEGIN, "", "### Is it the teacher or the start?", "",
            f"Made by `{command}` at commit {commit} in {seconds:.0f} s; the studies' runs were trained at "
