@@ -110,6 +110,7 @@ def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int | None = None, exec
     # Read the data before any folder is made: a missing or damaged file is one clear error that leaves
     # nothing behind.
     study = pin_data(study, ctx)
+    sources = _reuse_sources(reuse, Path(ctx.out))
     store = Store(Path(ctx.out))
     store.ensure_writable()
     console = Console(stderr=True)
@@ -125,7 +126,7 @@ def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int | None = None, exec
     with store.lock(wait=wait):
         store.write_study(study_record(study, planned))
         if reuse:
-            _adopt(store, specs, reuse, console)
+            _adopt(store, specs, sources, reuse, console)
         # No refresh thread: the pool backend forks its workers, and a thread caught holding the
         # terminal's lock at that moment would leave it locked in every worker. Bars redraw on events.
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -142,15 +143,21 @@ def run_study(study: StudyCfg, ctx: RunContext, *, jobs: int | None = None, exec
     return result
 
 
-def _adopt(store: Store, specs: list, reuse: tuple[Path, ...], console: Console) -> None:
-    """Copy in the finished runs of ``specs`` that the ``reuse`` folders hold and that pass their checks."""
+def _reuse_sources(reuse: tuple[Path, ...], out: Path) -> list[Store]:
+    """The stores the ``reuse`` folders hold (a folder of studies gives each), ``out`` itself left out; a
+    folder with none is refused before anything is written."""
     sources = []
     for folder in reuse:
         found = [folder] if paths.runs_dir(folder).is_dir() else sorted(
             p.parent for p in folder.glob("*/runs") if p.is_dir())
         if not found:
             raise FunclensError(f"--reuse {folder}: holds no study's runs")
-        sources += [Store(f) for f in found if f.resolve() != store.root.resolve()]
+        sources += [Store(f) for f in found if f.resolve() != out.resolve()]
+    return sources
+
+
+def _adopt(store: Store, specs: list, sources: list[Store], reuse: tuple[Path, ...], console: Console) -> None:
+    """Copy in the finished runs of ``specs`` that the ``sources`` hold and that pass their checks."""
     adopted, refused = 0, []
     for spec in specs:
         for src in sources:
