@@ -140,6 +140,10 @@ def test_the_figure_and_tables_show_every_kind_and_the_section_is_replaced_in_pl
     findings = [line for line in text.splitlines() if line.startswith(("| digits: finding", "| 1. ", "| 2. ",
                                                                         "| 3. ", "| 4. ", "| 5. "))]
     assert len(findings) == 7 and all(line.count(" | ") == 2 for line in findings), findings
+    # one alpha per recipe: the split's finding-1 cell and the findings table's say the same word
+    split_words = [line.rstrip(" |").split(" | ")[-1].split(":")[0].split(" (")[0] for line in split_rows]
+    f1 = next(line for line in findings if line.startswith("| 1. ")).strip("| ").split(" | ")[1:]
+    assert split_words == [c.split(" (")[0] for c in f1], (split_words, f1)
 
 
 def _script():
