@@ -17,9 +17,9 @@ as a section of the document between ``<!-- teacher-or-start:start -->`` and ``<
 
 Usage (from the repository root, once both studies have run):
     funclens study docs/studies/teacher-or-start-cifar10.toml --out results/teacher-or-start-cifar10 \\
-        --reuse results/paper-cifar10-lenet-fit
+        --reuse results/paper-cifar10-lenet-fit --reuse results/paper-cifar10-lenet
     funclens study docs/studies/teacher-or-start-mnist.toml --out results/teacher-or-start-mnist \\
-        --reuse results/paper-mnist-fit
+        --reuse results/paper-mnist-fit --reuse results/paper-mnist
     PYTHONPATH=src .venv/bin/python docs/teacher_or_start.py results/teacher-or-start-cifar10 \\
         results/teacher-or-start-mnist --doc docs/REPRODUCTION.md
 """

@@ -223,8 +223,9 @@ def test_the_paired_difference_is_narrower_than_the_unpaired_on_correlated_model
 
 def test_the_study_files_plan_the_issues_grid_112_trainings():
     # Adam first: its runs are the fitted paper preset's, which --reuse copies in
-    want = {"cifar10": {"adam-lr0.001": (0.001, "adam", 1), "sgd-lr0.001": (0.001, "sgd", 3),
-                        "sgd-lr0.003": (0.003, "sgd", 1), "sgd-lr0.01": (0.01, "sgd", 3),
+    # (on CIFAR-10 SGD lr 0.01 next, also the paper study's runs: two recipes are read while the rest train)
+    want = {"cifar10": {"adam-lr0.001": (0.001, "adam", 1), "sgd-lr0.01": (0.01, "sgd", 3),
+                        "sgd-lr0.001": (0.001, "sgd", 3), "sgd-lr0.003": (0.003, "sgd", 1),
                         "sgd-lr0.03": (0.03, "sgd", 1)},
             "mnist": {"adam-lr0.001": (0.001, "adam", 1), "sgd-lr0.001": (0.001, "sgd", 3),
                       "sgd-lr0.01": (0.01, "sgd", 3)}}
@@ -250,6 +251,23 @@ def test_the_study_files_plan_the_issues_grid_112_trainings():
         with pytest.raises(ConfigError, match="is a sweep of several studies"):
             load_study_toml(f)
     assert total == 112   # 5 x 11 + 2 x 6 on CIFAR-10, 3 x 11 + 2 x 6 on MNIST
+
+
+@pytest.mark.parametrize("dataset, sgd_study, preset, arch", [
+    ("mnist", "paper-mnist-sgd-momentum.toml", "paper-mnist", None),
+    ("cifar10", "paper-cifar10-lenet-sgd-momentum.toml", "paper-cifar10", "lenet")])
+def test_the_sweeps_paper_recipes_are_the_paper_studies_runs_so_reuse_trains_them_once(dataset, sgd_study,
+                                                                                       preset, arch):
+    # what the study files' headers promise: --reuse of the paper studies leaves one training to each entry
+    found = load_studies_toml(REPO / "docs" / "studies" / f"teacher-or-start-{dataset}.toml")
+    entries = dict(zip(found.labels, found.studies))
+    def trainings(study: StudyCfg) -> dict[str, str]:
+        return {r.run_id: r.role for r in plan(study) if r.spec.kind == "train"}
+    for label, paper in (("sgd-lr0.01", load_study_toml(REPO / "docs" / "studies" / sgd_study)),
+                         ("adam-lr0.001", preset_study(preset, arch))):
+        own, theirs = trainings(entries[label]), trainings(paper)
+        assert sorted(own[i] for i in set(own) - set(theirs)) == ["fresh"], label
+    assert not set(trainings(entries["sgd-lr0.001"])) & set(trainings(entries["sgd-lr0.01"]))
 
 
 def test_a_sweep_entry_changes_only_what_it_names_and_keeps_run_ids(tmp_path):
