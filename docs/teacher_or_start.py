@@ -321,6 +321,47 @@ def split_md(dataset: str, entries: list[Entry]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def conditions_md(by_data: dict[str, list[Entry]]) -> str:
+    """Where the paper's finding 1 holds and where distillation keeps the teacher's function, read off the
+    split of every data set x recipe x alpha: a list that names each case once per statement, so that the
+    answer follows the numbers whenever the studies change.
+
+    Args:
+        by_data: the finished studies by data set (:func:`load_entries`).
+    """
+    cases: dict[str, list[str]] = {k: [] for k in ("independent-like", "partial", "preserves", "teacher",
+                                                   "no-teacher", "away", "start", "no-start")}
+    for dataset, entries in by_data.items():
+        for e in entries:
+            if e.kind_row("start") is None:
+                continue
+            s = None
+            for row in e.rows("student"):
+                s = split(e, row)
+                name = f"{dataset} {e.label} {row['setting']} ({_ci(row)})"
+                cases.setdefault(s["verdict"], []).append(name)
+                lo, hi = s["teacher_ci"]
+                if lo is not None and hi is not None:
+                    key = "teacher" if lo > 0 else "away" if hi < 0 else "no-teacher"
+                    cases[key].append(f"{dataset} {e.label} {row['setting']} "
+                                      f"({_pair(s['teacher'], s['teacher_ci'])})")
+            if s is not None and None not in s["start_ci"]:
+                cases["start" if s["start_ci"][0] > 0 else "no-start"].append(
+                    f"{dataset} {e.label} ({_pair(s['start'], s['start_ci'])})")
+    def say(key: str) -> str:
+        return "; ".join(cases.get(key, [])) or "nowhere"
+    return "\n".join([
+        "Read off the tables above (students' RFD [95% CI]; start and teacher as in the split):", "",
+        f"- The paper's finding 1 holds, the students `independent-like`: {say('independent-like')}.",
+        f"- Distillation keeps the teacher's function, the students `preserves`: {say('preserves')}.",
+        f"- Between the two, nearer than independent models but not near (`partial`): {say('partial')}.",
+        f"- The teacher adds closeness beyond the start (paired interval above 0): {say('teacher')}.",
+        f"- The teacher adds nothing the interval can tell from 0: {say('no-teacher')}; it takes the students "
+        f"farther than the no-teacher control: {say('away')}.",
+        f"- The start alone keeps part of the function (the no-teacher control's 1 - RFD above 0): "
+        f"{say('start')}; it keeps none: {say('no-start')}.", ""])
+
+
 # The rules that turn a study's rows into a verdict on each of the paper's five findings (its Introduction),
 # so that the findings can be read under every recipe and pruning scope the same way.
 FINDINGS = (
@@ -429,6 +470,7 @@ def section(by_data: dict[str, list[Entry]], figures: dict[str, Path], doc: Path
         rel = os.path.relpath(figures[dataset], doc.resolve().parent)
         out += [f"![{dataset}: RFD against learning rate and epoch]({rel})", "", table_md(dataset, entries),
                 split_md(dataset, entries), findings_md(dataset, entries)]
+    out += ["#### When finding 1 holds, and when distillation keeps the function", "", conditions_md(by_data)]
     return "\n".join(out + [END]) + "\n"
 
 
