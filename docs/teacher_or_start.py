@@ -460,7 +460,7 @@ def section(by_data: dict[str, list[Entry]], figures: dict[str, Path], doc: Path
     everything = [e for es in by_data.values() for e in es]
     commits = sorted({short_commit(c) for e in everything for c in e.setup.get("git_commits", [])})
     commit = describe_commit(Path(__file__).resolve().parent)
-    out = [BEGIN, "", "### Is it the teacher or the start?", "",
+    out = [BEGIN, "", "## Is it the teacher or the start? Distillation across learning rates", "",
            f"Made by `{command}` at commit {commit} in {seconds:.0f} s; the studies' runs were trained at "
            f"commit(s) {', '.join(commits) or 'unknown'}, {training_hours(everything):.2f} hours of training "
            "in all. RFD 0: the base's own function; 1: as far as an independently trained model. Start: how "
@@ -470,7 +470,7 @@ def section(by_data: dict[str, list[Entry]], figures: dict[str, Path], doc: Path
         rel = os.path.relpath(figures[dataset], doc.resolve().parent)
         out += [f"![{dataset}: RFD against learning rate and epoch]({rel})", "", table_md(dataset, entries),
                 split_md(dataset, entries), findings_md(dataset, entries)]
-    out += ["#### When finding 1 holds, and when distillation keeps the function", "", conditions_md(by_data)]
+    out += ["### When finding 1 holds, and when distillation keeps the function", "", conditions_md(by_data)]
     return "\n".join(out + [END]) + "\n"
 
 

@@ -145,7 +145,7 @@ def test_the_figure_and_tables_show_every_kind_and_the_section_is_replaced_in_pl
     f1 = next(line for line in findings if line.startswith("| 1. ")).strip("| ").split(" | ")[1:]
     assert split_words == [c.split(" (")[0] for c in f1], (split_words, f1)
     # the conditions: every recipe's students named under exactly one verdict and one reading of the teacher
-    bullets = text.split("#### When finding 1 holds")[1].split("\n- ")[1:]
+    bullets = text.split("### When finding 1 holds")[1].split("\n- ")[1:]
     for line in split_rows:
         recipe, alpha = line.strip("| ").split(" | ")[:2]
         case = f"digits {recipe} {alpha} ("
