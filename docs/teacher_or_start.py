@@ -114,6 +114,20 @@ def find_studies(folders: list[Path]) -> list[Path]:
     return out
 
 
+def _read_summary(folder: Path) -> dict:
+    """``folder``'s summary.json, refused in one line when it is not the JSON a report writes (a damaged,
+    truncated or hand-edited file must not draw a figure, nor stop in a traceback)."""
+    try:
+        s = json.loads(paths.summary_file(folder).read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        s = None
+    if not (isinstance(s, dict) and isinstance(s.get("setup"), dict) and isinstance(s.get("rows"), list)
+            and isinstance(s.get("dataset"), str)):
+        raise FunclensError(f"{paths.summary_file(folder)} is not a study's summary: run `funclens report "
+                            f"{folder}` again")
+    return s
+
+
 def load_entries(folders: list[Path]) -> dict[str, list[Entry]]:
     """The finished studies by data set, SGD by learning rate first, then Adam.
 
@@ -124,7 +138,7 @@ def load_entries(folders: list[Path]) -> dict[str, list[Entry]]:
     for f in find_studies(folders):
         if not paths.summary_file(f).is_file():
             raise FunclensError(f"{f} has no summary.json: run `funclens report {f}` first")
-        e = Entry(json.loads(paths.summary_file(f).read_text()), load_study(f))
+        e = Entry(_read_summary(f), load_study(f))
         by_data.setdefault(e.summary["dataset"], []).append(e)
     for entries in by_data.values():
         entries.sort(key=lambda e: (e.adam, e.setup["lr"], e.setup["momentum"]))

@@ -211,6 +211,20 @@ def test_the_script_refuses_a_folder_without_studies(tmp_path):
     assert r.returncode == 2 and "holds no study" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("damage", [b'{"dataset": "mnist", "setup"', b"{}", b"\xff\xfe", b"[1, 2]"])
+def test_a_damaged_summary_is_refused_in_one_line_and_the_document_is_untouched(tmp_path, damage):
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "study.json").write_text("{}")
+    (study / "summary.json").write_bytes(damage)
+    doc = tmp_path / "R.md"
+    doc.write_text("before\n")
+    r = subprocess.run([sys.executable, str(REPO / "docs" / "teacher_or_start.py"), str(study), "--doc", str(doc),
+                        "--figures", str(tmp_path / "f")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "is not a study's summary" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert doc.read_text() == "before\n" and not (tmp_path / "f").exists()
+
+
 def test_the_paired_difference_is_narrower_than_the_unpaired_on_correlated_models():
     rng = np.random.default_rng(0)
     n, c = 2000, 10
