@@ -33,7 +33,7 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,8 @@ class Entry:
 
     summary: dict
     view: StudyView
+    # split() per student setting: the table and the conditions read the same paired bootstrap
+    splits: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def setup(self) -> dict:
@@ -303,13 +305,17 @@ def split(e: Entry, student: dict) -> dict:
         e: the study (it has a no-teacher control).
         student: a row of students from the base's initial weights.
     """
+    if student["setting"] in e.splits:
+        return e.splits[student["setting"]]
     start = e.kind_row("start")
     d = rfd_difference(e.view.base.final, [m.final for m in e.members(start)],
                        [m.final for m in e.members(student)], [i.final for i in e.view.of("independent")],
                        metric=e.summary["metric"])
     lo, hi = start["rfd_ci"]
-    return {"start": 1 - d.rfd_a, "start_ci": (None if hi is None else 1 - hi, None if lo is None else 1 - lo),
-            "teacher": d.difference, "teacher_ci": d.ci, "student_rfd": d.rfd_b, "verdict": student["verdict"]}
+    e.splits[student["setting"]] = {
+        "start": 1 - d.rfd_a, "start_ci": (None if hi is None else 1 - hi, None if lo is None else 1 - lo),
+        "teacher": d.difference, "teacher_ci": d.ci, "student_rfd": d.rfd_b, "verdict": student["verdict"]}
+    return e.splits[student["setting"]]
 
 
 def _pair(v: float, ci: tuple) -> str:
