@@ -140,7 +140,16 @@ def load_entries(folders: list[Path]) -> dict[str, list[Entry]]:
     for f in find_studies(folders):
         if not paths.summary_file(f).is_file():
             raise FunclensError(f"{f} has no summary.json: run `funclens report {f}` first")
-        e = Entry(_read_summary(f), load_study(f))
+        summary, view = _read_summary(f), load_study(f)
+        # a summary copied from another study, or left from an older plan, would pair its rows with the
+        # wrong runs: it must name this store's study and only runs this store holds
+        held = {r.run for r in view.runs}
+        named = {rid for row in summary["rows"] if isinstance(row, dict) for rid in row.get("runs", [])}
+        if summary.get("study") != view.study.name or not named <= held:
+            raise FunclensError(f"{paths.summary_file(f)} is not this study's summary (study "
+                                f"{summary.get('study')!r}, runs the store does not hold: {len(named - held)}): "
+                                f"run `funclens report {f}` again")
+        e = Entry(summary, view)
         by_data.setdefault(e.summary["dataset"], []).append(e)
     for entries in by_data.values():
         entries.sort(key=lambda e: (e.adam, e.setup["lr"], e.setup["momentum"]))

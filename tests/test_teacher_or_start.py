@@ -225,6 +225,19 @@ def test_a_damaged_summary_is_refused_in_one_line_and_the_document_is_untouched(
     assert doc.read_text() == "before\n" and not (tmp_path / "f").exists()
 
 
+def test_a_summary_swapped_in_from_another_study_is_refused_not_paired_with_the_wrong_runs(sweep_out, tmp_path):
+    hurt = tmp_path / "out"
+    shutil.copytree(sweep_out, hurt)
+    shutil.copyfile(paths.summary_file(hurt / "adam"), paths.summary_file(hurt / "sgd-lr0.02"))
+    doc = tmp_path / "R.md"
+    doc.write_text("before\n")
+    r = subprocess.run([sys.executable, str(REPO / "docs" / "teacher_or_start.py"), str(hurt / "sgd-lr0.02"),
+                        "--doc", str(doc), "--figures", str(tmp_path / "f")], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2 and "is not this study's summary" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert doc.read_text() == "before\n"
+
+
 def test_the_paired_difference_is_narrower_than_the_unpaired_on_correlated_models():
     rng = np.random.default_rng(0)
     n, c = 2000, 10
