@@ -7,7 +7,7 @@ docs/studies/teacher-or-start-cifar10.toml and teacher-or-start-mnist.toml make 
 - per data set, the figure ``teacher-or-start-<dataset>.png``: RFD with its 95% interval of each kind of model
   (students from the base's initial weights, the no-teacher control, the fresh-start student, the student of
   an independent teacher) against the learning rate, one line per kind, the independent models' band shaded,
-  Adam as separate markers; below, the same against the epoch, one panel per recipe;
+  Adam as separate markers; below, the same against the epoch (log scale), one panel per recipe;
 - the table RFD [95% CI] per kind x recipe x data set;
 - the split per recipe: start = the no-teacher control's closeness (1 - RFD), teacher = what the students add
   to it (RFD of the control minus RFD of the students), with a paired bootstrap interval of that difference;
@@ -235,7 +235,7 @@ def _lr_panel(ax, entries: list[Entry]) -> None:
 
 
 def _epoch_panel(ax, e: Entry) -> None:
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter
 
     lo, hi = _band(e)
     ax.axhspan(lo, hi, color=ROLES["independent"].colour, alpha=0.2)
@@ -245,10 +245,17 @@ def _epoch_panel(ax, e: Entry) -> None:
             continue
         epochs, c = epoch_curve(e, row)
         ax.plot(epochs, c[:, 0], color=ROLES[role].colour, label=name)
-        ax.fill_between(epochs, c[:, 1], c[:, 2], color=ROLES[role].colour, alpha=0.15)
+        # an interval reaching 0 (the base itself) would leave a log axis; 0.01 is far below any drawn RFD
+        ax.fill_between(epochs, np.maximum(c[:, 1], 0.01), c[:, 2], color=ROLES[role].colour, alpha=0.15)
     ax.set_title(e.label, fontsize=9)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    # log: the first epochs reach RFD 5-8 and a linear axis squeezed the last epochs, where the verdicts are
+    # read, into its bottom eighth; a ratio scale keeps 0.2 and 0.4 as far apart as 2 and 4
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_locator(FixedLocator([0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20]))
 
 
 def figure(dataset: str, entries: list[Entry], path: Path) -> Path:
@@ -270,7 +277,7 @@ def figure(dataset: str, entries: list[Entry], path: Path) -> Path:
         first = fig.add_subplot(grid[1, k], sharey=first)
         _epoch_panel(first, e)
     first.legend(fontsize=6)
-    fig.axes[1].set_ylabel("RFD to the final base")
+    fig.axes[1].set_ylabel("RFD to the final base (log scale)")
     fig.suptitle(f"{dataset}: is it the teacher or the start? (95% intervals over test inputs)")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
