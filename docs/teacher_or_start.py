@@ -386,6 +386,10 @@ def conditions_md(by_data: dict[str, list[Entry]]) -> str:
                     f"{dataset} {e.label} ({_pair(s['start'], s['start_ci'])})")
     def say(key: str) -> str:
         return "; ".join(cases.get(key, [])) or "nowhere"
+    # a verdict outside the three (undetermined: the RFD is undefined) is named too, never dropped from the list
+    others = [f"- No verdict (`{k}`): {say(k)}." for k in cases
+              if k not in ("independent-like", "partial", "preserves", "teacher", "no-teacher", "away", "start",
+                           "no-start")]
     return "\n".join([
         "Read off the tables above (students' RFD [95% CI]; start and teacher as in the split):", "",
         f"- The paper's finding 1 holds, the students `independent-like`: {say('independent-like')}.",
@@ -395,7 +399,7 @@ def conditions_md(by_data: dict[str, list[Entry]]) -> str:
         f"- The teacher adds nothing the interval can tell from 0: {say('no-teacher')}; it takes the students "
         f"farther than the no-teacher control: {say('away')}.",
         f"- The start alone keeps part of the function (the no-teacher control's 1 - RFD above 0): "
-        f"{say('start')}; it keeps none: {say('no-start')}.", ""])
+        f"{say('start')}; it keeps none: {say('no-start')}.", *others, ""])
 
 
 # The rules that turn a study's rows into a verdict on each of the paper's five findings (its Introduction),

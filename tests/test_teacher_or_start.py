@@ -366,6 +366,19 @@ def test_a_study_whose_rfd_is_undefined_reads_no_finding_instead_of_failing():
     assert (f1, f2, f3, f4_global, f5) == ("–", "–", "–", "–", "no") and f4_layer.startswith("no: not at 50%")
 
 
+def test_an_undetermined_student_is_named_in_the_conditions_not_dropped():
+    script = _script()
+    rows = [_row("distill", "student", "alpha=0.5", None, [None, None], "undetermined"),
+            _row("distill", "start", "control alpha=0.5", None, [None, None], "undetermined")]
+    e = script.Entry({"rows": rows, "setup": {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9}}, view=None)
+    # the split's paired bootstrap has nothing to draw on: an undefined RFD leaves every interval open
+    e.splits["alpha=0.5"] = {"start": float("nan"), "start_ci": (None, None), "teacher": float("nan"),
+                             "teacher_ci": (None, None), "student_rfd": float("nan"), "verdict": "undetermined"}
+    text = script.conditions_md({"digits": [e]})
+    named = [line for line in text.splitlines() if "digits SGD lr 0.01 alpha=0.5" in line]
+    assert len(named) == 1 and named[0].startswith("- No verdict (`undetermined`)"), text
+
+
 def test_the_false_proxy_finding_reads_models_inside_the_papers_2_percent_bound_only():
     script = _script()
     rows = [_row("prune", "prune", "50%", 1.2, [1.1, 1.3], "independent-like", -1.8),
