@@ -255,7 +255,7 @@ def _epoch_panel(ax, e: Entry) -> None:
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.yaxis.set_major_locator(FixedLocator([0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20]))
+    ax.yaxis.set_major_locator(FixedLocator([0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 3, 5, 10, 20]))
 
 
 def figure(dataset: str, entries: list[Entry], path: Path) -> Path:
@@ -495,11 +495,10 @@ def training_hours(entries: list[Entry]) -> float:
 
 
 def section(by_data: dict[str, list[Entry]], figures: dict[str, Path], doc: Path, command: str,
-            seconds: float) -> str:
-    """The document's section, markers included."""
+            seconds: float, commit: str) -> str:
+    """The document's section, markers included; ``commit``: the code's, as :func:`describe_commit` reads it."""
     everything = [e for es in by_data.values() for e in es]
     commits = sorted({short_commit(c) for e in everything for c in e.setup.get("git_commits", [])})
-    commit = describe_commit(Path(__file__).resolve().parent)
     out = [BEGIN, "", "## Is it the teacher or the start? Distillation across learning rates", "",
            f"Made by `{command}` at commit {commit} in {seconds:.0f} s; the studies' runs were trained at "
            f"commit(s) {', '.join(commits) or 'unknown'}, {training_hours(everything):.2f} hours of training "
@@ -548,12 +547,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
+    # read before the figures are written: new figures in the work tree are this script's output, not a change
+    # to the code that made them
+    commit = describe_commit(Path(__file__).resolve().parent)
     try:
         args = parse(argv)
         by_data = load_entries(args.studies)
         figs = {d: figure(d, es, args.figures / f"teacher-or-start-{d}.png") for d, es in by_data.items()}
         body = section(by_data, figs, args.doc, shlex.join(["docs/teacher_or_start.py", *argv]),
-                       time.perf_counter() - t0)
+                       time.perf_counter() - t0, commit)
         write_doc(args.doc, body)
     except FunclensError as e:
         print(f"error: {e}", file=sys.stderr)
