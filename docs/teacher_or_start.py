@@ -53,6 +53,7 @@ KINDS = (("student", "students, base's initial weights"), ("start", "no-teacher 
 # Bootstrap replicates per epoch point: 25 epochs x 4 kinds x 5 recipes of 10,000 inputs stay under a minute
 # of one core; the final epoch's interval in the table uses the studies' own 1,000.
 EPOCH_BOOT = 200
+FLOOR = 0.01   # the lowest RFD the epoch panels draw on their log axis: a hundredth of the independent distance
 
 
 @dataclass
@@ -244,9 +245,10 @@ def _epoch_panel(ax, e: Entry) -> None:
         if row is None:
             continue
         epochs, c = epoch_curve(e, row)
+        # a log axis has no 0 (the base's own function): RFD under 0.01 is drawn at 0.01, not dropped
+        c = np.maximum(c, FLOOR)
         ax.plot(epochs, c[:, 0], color=ROLES[role].colour, label=name)
-        # an interval reaching 0 (the base itself) would leave a log axis; 0.01 is far below any drawn RFD
-        ax.fill_between(epochs, np.maximum(c[:, 1], 0.01), c[:, 2], color=ROLES[role].colour, alpha=0.15)
+        ax.fill_between(epochs, c[:, 1], c[:, 2], color=ROLES[role].colour, alpha=0.15)
     ax.set_title(e.label, fontsize=9)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
