@@ -367,8 +367,8 @@ def conditions_md(by_data: dict[str, list[Entry]]) -> str:
     Args:
         by_data: the finished studies by data set (:func:`load_entries`).
     """
-    cases: dict[str, list[str]] = {k: [] for k in ("independent-like", "partial", "preserves", "teacher",
-                                                   "no-teacher", "away", "start", "no-start")}
+    named = ("independent-like", "partial", "preserves", "teacher", "no-teacher", "away", "start", "no-start")
+    cases: dict[str, list[str]] = {k: [] for k in named}
     for dataset, entries in by_data.items():
         for e in entries:
             if e.kind_row("start") is None:
@@ -389,9 +389,7 @@ def conditions_md(by_data: dict[str, list[Entry]]) -> str:
     def say(key: str) -> str:
         return "; ".join(cases.get(key, [])) or "nowhere"
     # a verdict outside the three (undetermined: the RFD is undefined) is named too, never dropped from the list
-    others = [f"- No verdict (`{k}`): {say(k)}." for k in cases
-              if k not in ("independent-like", "partial", "preserves", "teacher", "no-teacher", "away", "start",
-                           "no-start")]
+    others = [f"- No verdict (`{k}`): {say(k)}." for k in cases if k not in named]
     return "\n".join([
         "Read off the tables above (students' RFD [95% CI]; start and teacher as in the split):", "",
         f"- The paper's finding 1 holds, the students `independent-like`: {say('independent-like')}.",
