@@ -141,16 +141,15 @@ def load_entries(folders: list[Path]) -> dict[str, list[Entry]]:
     for f in find_studies(folders):
         if not paths.summary_file(f).is_file():
             raise FunclensError(f"{f} has no summary.json: run `funclens report {f}` first")
-        summary, view = _read_summary(f), load_study(f)
-        # a summary copied from another study, or left from an older plan, would pair its rows with the
-        # wrong runs: it must name this store's study and only runs this store holds
-        held = {r.run for r in view.runs}
-        named = {rid for row in summary["rows"] if isinstance(row, dict) for rid in row.get("runs", [])}
-        if summary.get("study") != view.study.name or not named <= held:
-            raise FunclensError(f"{paths.summary_file(f)} is not this study's summary (study "
-                                f"{summary.get('study')!r}, runs the store does not hold: {len(named - held)}): "
-                                f"run `funclens report {f}` again")
-        e = Entry(summary, view)
+        summary = _read_summary(f)
+        # a summary copied from another study, left from an older plan or edited by hand would pair wrong
+        # numbers with this store's runs: the store's record of the report it wrote (outputs.json) must vouch
+        # for every report file, the summary first
+        problems = Store(f).verify_outputs()
+        if problems:
+            raise FunclensError(f"{paths.summary_file(f)} is not this study's summary, or its report changed "
+                                f"since `funclens report` wrote it ({problems[0]}): run `funclens report {f}` again")
+        e = Entry(summary, load_study(f))
         by_data.setdefault(e.summary["dataset"], []).append(e)
     for entries in by_data.values():
         entries.sort(key=lambda e: (e.adam, e.setup["lr"], e.setup["momentum"]))

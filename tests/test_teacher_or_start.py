@@ -238,6 +238,22 @@ def test_a_summary_swapped_in_from_another_study_is_refused_not_paired_with_the_
     assert doc.read_text() == "before\n"
 
 
+def test_a_summary_edited_by_hand_is_refused_though_it_names_the_right_runs(sweep_out, tmp_path):
+    hurt = tmp_path / "out"
+    shutil.copytree(sweep_out, hurt)
+    summary = json.loads(paths.summary_file(hurt / "adam").read_text())
+    row = next(r for r in summary["rows"] if r.get("role") == "student")
+    row["rfd"], row["verdict"] = 0.01, "preserves"   # same study, same runs: only the numbers lie
+    paths.summary_file(hurt / "adam").write_text(json.dumps(summary))
+    doc = tmp_path / "R.md"
+    doc.write_text("before\n")
+    r = subprocess.run([sys.executable, str(REPO / "docs" / "teacher_or_start.py"), str(hurt / "adam"),
+                        "--doc", str(doc), "--figures", str(tmp_path / "f")], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2 and "summary.json does not match its checksum" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and doc.read_text() == "before\n"
+
+
 def test_the_paired_difference_is_narrower_than_the_unpaired_on_correlated_models():
     rng = np.random.default_rng(0)
     n, c = 2000, 10
