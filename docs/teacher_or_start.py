@@ -42,7 +42,8 @@ from funclens import paths
 from funclens.errors import FunclensError
 from funclens.plan import ROLES
 from funclens.rfd import rfd, rfd_difference
-from funclens.store import Store, atomic_write_bytes, atomic_write_text, describe_commit, short_commit
+from funclens.store import (MAX_RECORD_BYTES, Store, atomic_write_bytes, atomic_write_text, describe_commit,
+                            short_commit)
 from funclens.summary import RunView, StudyView, load_study
 
 BEGIN, END = "<!-- teacher-or-start:start -->", "<!-- teacher-or-start:end -->"
@@ -121,7 +122,9 @@ def _read_summary(folder: Path) -> dict:
     """``folder``'s summary.json, refused in one line when it is not the JSON a report writes (a damaged,
     truncated or hand-edited file must not draw a figure, nor stop in a traceback)."""
     try:
-        s = json.loads(paths.summary_file(folder).read_bytes())
+        # a report's summary is kilobytes; a huge file is refused unread rather than loaded whole
+        big = paths.summary_file(folder).stat().st_size > MAX_RECORD_BYTES
+        s = None if big else json.loads(paths.summary_file(folder).read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         s = None
     if not (isinstance(s, dict) and isinstance(s.get("setup"), dict) and isinstance(s.get("rows"), list)
@@ -148,7 +151,8 @@ def load_entries(folders: list[Path]) -> dict[str, list[Entry]]:
         problems = Store(f).verify_outputs()
         if problems:
             raise FunclensError(f"{paths.summary_file(f)} is not this study's summary, or its report changed "
-                                f"since `funclens report` wrote it ({problems[0]}): run `funclens report {f}` again")
+                                f"since `funclens report` wrote it ({problems[0]}): remove what funclens did not "
+                                f"write, then run `funclens report {f}` again")
         e = Entry(summary, load_study(f))
         by_data.setdefault(e.summary["dataset"], []).append(e)
     for entries in by_data.values():
